@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, tests. Creates .venv on first use.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k routing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "== mypy --strict (tether/)"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,119 @@
+"""Handlers used by the test suite, one per behaviour under test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether import InvalidMessage, SocketView, WebSocket
+
+from .models import Message
+
+
+async def echo(socket: WebSocket) -> None:
+    """The tutorial's ping/pong."""
+    await socket.accept()
+    async for text in socket.iter_text():
+        await socket.send_text("pong!" if text == "ping" else text)
+
+
+async def echo_json(socket: WebSocket) -> None:
+    await socket.accept()
+    async for data in socket.iter_json():
+        await socket.send_json({"echo": data})
+
+
+async def echo_bytes(socket: WebSocket) -> None:
+    await socket.accept()
+    async for data in socket.iter_bytes():
+        await socket.send_bytes(data[::-1])
+
+
+async def boom(socket: WebSocket) -> None:
+    """Accepts, then raises on the first message."""
+    await socket.accept()
+    text = await socket.receive_text()
+    raise RuntimeError(f"boom: {text}")
+
+
+async def info(socket: WebSocket) -> None:
+    """Reports what the socket saw of the handshake."""
+    await socket.accept(subprotocol=socket.subprotocols[0] if socket.subprotocols else None, headers={"X-Tether": "1"})
+    await socket.send_json(
+        {
+            "path": socket.path,
+            "kwargs": socket.kwargs,
+            "query": socket.query_params.dict(),
+            "cookies": socket.cookies,
+            "agent": socket.headers.get("User-Agent"),
+            "subprotocols": socket.subprotocols,
+            "route": socket.resolver_match.view_name if socket.resolver_match else None,
+        }
+    )
+    await socket.receive()
+
+
+async def refuse(socket: WebSocket) -> None:
+    """Returns without accepting: the handshake is refused."""
+
+
+async def caught_json(socket: WebSocket) -> None:
+    """Catches malformed JSON and carries on."""
+    await socket.accept()
+    while True:
+        try:
+            data = await socket.receive_json()
+        except InvalidMessage as exc:
+            await socket.send_json({"error": str(exc)})
+            continue
+        await socket.send_json(data)
+
+
+class Room(SocketView):
+    """Joins a room, echoes JSON with the room name, counts disconnects."""
+
+    disconnects: list[tuple[str, int]] = []
+    greeting = "hello"
+
+    async def connect(self) -> None:
+        self.room = self.kwargs["room"]
+        if self.room == "closed":
+            await self.close()
+            return
+        await self.accept()
+        await self.send_json({"greeting": self.greeting, "room": self.room})
+
+    async def receive_json(self, data: Any) -> None:
+        if data.get("crash"):
+            raise ValueError("crash requested")
+        await self.send_json({"room": self.room, "data": data})
+
+    async def receive_bytes(self, data: bytes) -> None:
+        await self.send_bytes(data.upper())
+
+    async def disconnect(self, code: int) -> None:
+        type(self).disconnects.append((self.kwargs.get("room", ""), code))
+
+
+class TextOnly(SocketView):
+    """Overrides receive(): raw text, no JSON."""
+
+    async def receive(self, text: str) -> None:
+        await self.send_text(text.upper())
+
+
+class Silent(SocketView):
+    """Overrides nothing but connect: any message closes with 1003."""
+
+
+class Notes(SocketView):
+    """Writes and reads rows with the async ORM (the alias comes from the query string)."""
+
+    async def connect(self) -> None:
+        self.using = self.socket.query_params.get("db", "default")
+        await self.accept()
+
+    async def receive_json(self, data: dict[str, Any]) -> None:
+        await Message.objects.using(self.using).acreate(room=self.kwargs["room"], text=data["text"])
+        texts = [m.text async for m in Message.objects.using(self.using).filter(room=self.kwargs["room"])]
+        count = await Message.objects.using(self.using).acount()
+        await self.send_json({"texts": texts, "count": count})

@@ -1,0 +1,31 @@
+from django.http import HttpResponse
+from django.urls import include, path
+
+from tether.urls import re_websocket, websocket
+
+from .testapp import sockets
+
+chat_patterns = (
+    [
+        websocket("<slug:room>/", sockets.Room.as_handler(), name="room"),
+        websocket("shout/<slug:room>/", sockets.Room.as_handler(greeting="HELLO"), name="shout"),
+    ],
+    "chat",
+)
+
+urlpatterns = [
+    path("", lambda request: HttpResponse("home"), name="home"),
+    path("http-only/", lambda request: HttpResponse("http"), name="http-only"),
+    websocket("ws/echo/", sockets.echo, name="echo"),
+    websocket("ws/json/", sockets.echo_json, name="json"),
+    websocket("ws/bytes/", sockets.echo_bytes, name="bytes"),
+    websocket("ws/boom/", sockets.boom, name="boom"),
+    websocket("ws/info/<int:n>/", sockets.info, name="info"),
+    websocket("ws/refuse/", sockets.refuse, name="refuse"),
+    websocket("ws/caught/", sockets.caught_json, name="caught"),
+    websocket("ws/text/", sockets.TextOnly.as_handler(), name="text"),
+    websocket("ws/silent/", sockets.Silent.as_handler(), name="silent"),
+    websocket("ws/notes/<slug:room>/", sockets.Notes.as_handler(), name="notes"),
+    re_websocket(r"^ws/re/(?P<code>[0-9]{3})/$", sockets.info, name="re-info"),
+    path("ws/chat/", include(chat_patterns)),
+]

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class TetherConfig(AppConfig):
+    name = "tether"
+    verbose_name = "Tether (WebSockets)"
+    default_auto_field = "django.db.models.BigAutoField"

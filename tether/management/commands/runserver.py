@@ -1,0 +1,85 @@
+"""``runserver`` that serves WebSockets too, through uvicorn, keeping Django's autoreload.
+
+Without uvicorn (or with uvicorn but no WebSocket library) it falls back to
+Django's own server and says what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.management.base import CommandParser
+from django.core.management.commands.runserver import Command as DjangoRunserver
+from django.utils import autoreload
+
+BaseRunserver: type[DjangoRunserver] = DjangoRunserver
+if apps.is_installed("django.contrib.staticfiles"):
+    from django.contrib.staticfiles.management.commands.runserver import Command as StaticRunserver
+
+    BaseRunserver = StaticRunserver
+
+_INSTALL_HINT = (
+    "WebSockets are not served: install an ASGI server with WebSocket support: pip install 'uvicorn[standard]'"
+)
+
+
+def websocket_implementation() -> str | None:
+    """The uvicorn WebSocket implementation to use, or None if uvicorn can't serve WebSockets."""
+    if importlib.util.find_spec("uvicorn") is None:
+        return None
+    from uvicorn.config import WS_PROTOCOLS
+
+    if importlib.util.find_spec("websockets") is not None:
+        return "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets"
+    if importlib.util.find_spec("wsproto") is not None:
+        return "wsproto"
+    return None
+
+
+class Command(BaseRunserver):  # type: ignore[valid-type,misc]
+    help = "Starts a development web server that serves HTTP and WebSockets (uvicorn), with autoreload."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--ws",
+            default=None,
+            help="uvicorn's WebSocket implementation (default: websockets-sansio, the fastest).",
+        )
+
+    def inner_run(self, *args: Any, **options: Any) -> None:
+        ws = options.get("ws") or websocket_implementation()
+        if ws is None:
+            self.stderr.write(self.style.WARNING(_INSTALL_HINT))
+            super().inner_run(*args, **options)
+            return
+        import uvicorn
+
+        from tether.asgi import TetherASGIHandler
+
+        autoreload.raise_last_exception()
+        self.stdout.write("Performing system checks...\n\n")
+        self.check(display_num_errors=True)
+        self.check_migrations()
+        http: Any = None
+        if apps.is_installed("django.contrib.staticfiles") and options.get("use_static_handler", True):
+            if settings.DEBUG or options.get("insecure_serving"):
+                from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+                from django.core.handlers.asgi import ASGIHandler
+
+                http = ASGIStaticFilesHandler(ASGIHandler())
+        application = TetherASGIHandler(http)
+        addr = f"[{self.addr}]" if self._raw_ipv6 else self.addr
+        self.stdout.write(
+            f"Django version {self.get_version()}, using settings {settings.SETTINGS_MODULE!r}\n"
+            f"Starting ASGI development server (uvicorn, WebSocket: {ws}) at {self.protocol}://{addr}:{self.port}/\n"
+            f"Quit the server with {'CTRL-BREAK' if sys.platform == 'win32' else 'CONTROL-C'}.\n"
+        )
+        config = uvicorn.Config(
+            application, host=self.addr, port=int(self.port), ws=ws, lifespan="on", log_level="info"
+        )
+        uvicorn.Server(config).run()

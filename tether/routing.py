@@ -1,0 +1,128 @@
+"""Resolve a WebSocket scope to its route and run the handler.
+
+Resolution goes through Django's own resolver (so ``include()`` and namespaces
+work) and only accepts patterns made by ``tether.urls.websocket``. Running a
+handler turns every way it can end into a defined close: a peer leaving is
+normal, ``InvalidMessage`` closes with its code, any other exception closes
+with 1011 and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.urls import Resolver404, ResolverMatch, get_resolver, set_script_prefix
+from django.utils.encoding import escape_uri_path
+
+from ._types import Receive, Scope, Send
+from .codes import CloseCode
+from .conf import get_setting
+from .exceptions import Disconnected, InvalidMessage
+from .urls import Handler, get_handler
+from .websocket import ConnectionState, WebSocket
+
+__all__ = ["WebSocketRouter", "close_for_exception", "resolve_websocket"]
+
+logger = logging.getLogger("tether.routing")
+connection_logger = logging.getLogger("tether.connection")
+
+
+def _path_info(scope: Scope) -> str:
+    path = str(scope["path"])
+    root = str(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve(urlconf: str | None, path: str) -> tuple[ResolverMatch | None, str]:
+    try:
+        match = get_resolver(urlconf).resolve(path)
+    except Resolver404:
+        return None, "no URL pattern matches"
+    if get_handler(match.func) is None:
+        return None, f"it resolves to the HTTP view {match._func_path}, not a websocket() route"
+    return match, ""
+
+
+def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("ROOT_URLCONF", "TETHER"):
+        _resolve.cache_clear()
+
+
+setting_changed.connect(_clear_cache)
+
+
+def resolve_websocket(path: str) -> ResolverMatch | None:
+    """The match for a websocket route at ``path``, or None (cached per path)."""
+    return _resolve(get_setting("URLCONF"), path)[0]
+
+
+class WebSocketRouter:
+    """The ASGI application for ``websocket`` scopes; keeps the set of open sockets."""
+
+    def __init__(self) -> None:
+        self.sockets: set[WebSocket] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        socket = WebSocket(scope, receive, send)
+        try:
+            await socket._await_connect()
+        except Disconnected:
+            return
+        set_script_prefix(str(scope.get("root_path", "")) or "/")
+        path = _path_info(scope)
+        match, why = _resolve(get_setting("URLCONF"), path)
+        if match is None:
+            logger.warning("Rejected websocket %s: %s (closed %d)", escape_uri_path(path), why, CloseCode.NOT_FOUND)
+            await socket.close(CloseCode.NOT_FOUND, "no such websocket route")
+            return
+        socket.resolver_match = match
+        handler = get_handler(match.func)
+        assert handler is not None
+        await self.serve(socket, handler)
+
+    async def serve(self, socket: WebSocket, handler: Handler) -> None:
+        """Run ``handler`` to its end and leave the socket closed, whatever happened."""
+        self.sockets.add(socket)
+        started = time.monotonic()
+        try:
+            await handler(socket)
+        except Exception as exc:
+            await close_for_exception(socket, exc)
+        finally:
+            self.sockets.discard(socket)
+            if socket.connection_state is not ConnectionState.CLOSED:
+                await socket.close()
+            connection_logger.info(
+                "websocket %s closed with %s after %.3fs", socket.path, socket.close_code, time.monotonic() - started
+            )
+
+    async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Close every open socket of this process (used at shutdown)."""
+        for socket in list(self.sockets):
+            await socket.close(code, reason)
+
+
+async def close_for_exception(socket: WebSocket, exc: Exception) -> None:
+    """Close ``socket`` as ``exc`` demands: nothing for ``Disconnected``, the
+    message's code for ``InvalidMessage``, 1011 and a traceback for anything else.
+    """
+    if isinstance(exc, Disconnected):
+        return  # the client left: the normal end of a connection
+    if isinstance(exc, InvalidMessage):
+        logger.warning("Closing websocket %s with %d: %s", socket.path, exc.code, exc)
+        await socket.close(exc.code, str(exc))
+        return
+    logger.error(
+        "Handler for websocket %s raised; closing with %d", socket.path, CloseCode.INTERNAL_ERROR, exc_info=exc
+    )
+    sink = socket.scope.get("extensions", {}).get("tether.testing")
+    if sink is not None:  # tether.testing re-raises it in the test
+        sink["exceptions"].append(exc)
+    await socket.close(CloseCode.INTERNAL_ERROR)

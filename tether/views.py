@@ -1,0 +1,122 @@
+"""SocketView: the class-based form of a handler.
+
+Override hooks, not loops: ``connect()`` decides the handshake, ``receive()`` /
+``receive_json()`` / ``receive_bytes()`` take one message each, and
+``disconnect(code)`` runs exactly once at the end, however the connection ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from .codes import CloseCode
+from .exceptions import InvalidMessage
+from .routing import close_for_exception
+from .urls import Handler
+from .websocket import ConnectionState, WebSocket, decode_json
+
+__all__ = ["SocketView"]
+
+logger = logging.getLogger("tether.views")
+
+
+class SocketView:
+    """A WebSocket handler written as a class; route it with ``MyView.as_handler()``.
+
+    One instance serves one connection. A hook that raises closes the socket
+    with 1011 (or the ``InvalidMessage`` code) and the error is logged with its
+    traceback; other connections are not affected.
+    """
+
+    http_method_names: ClassVar[list[str]] = []  # keeps Django's admindocs and friends quiet
+
+    def __init__(self, socket: WebSocket, **initkwargs: Any) -> None:
+        self.socket = socket
+        for key, value in initkwargs.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def as_handler(cls, **initkwargs: Any) -> Handler:
+        """The handler to pass to ``websocket()``; ``initkwargs`` become instance attributes."""
+        for key in initkwargs:
+            if not hasattr(cls, key):
+                raise TypeError(f"{cls.__name__}.as_handler() got {key!r}, which is not an attribute of the class")
+
+        async def handler(socket: WebSocket) -> None:
+            await cls(socket, **initkwargs).dispatch()
+
+        handler.view_class = cls  # type: ignore[attr-defined]
+        handler.__name__ = cls.__name__
+        handler.__qualname__ = cls.__qualname__
+        handler.__module__ = cls.__module__
+        handler.__doc__ = cls.__doc__
+        return handler
+
+    # -- the connection, for convenience ---------------------------------
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        return self.socket.scope
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return self.socket.kwargs
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        await self.socket.accept(subprotocol, headers)
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        await self.socket.close(code, reason)
+
+    async def send_text(self, data: str) -> None:
+        await self.socket.send_text(data)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.socket.send_bytes(data)
+
+    async def send_json(self, data: Any) -> None:
+        await self.socket.send_json(data)
+
+    # -- hooks -----------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Decide the handshake. The default accepts; not accepting refuses (403)."""
+        await self.accept()
+
+    async def receive(self, text: str) -> None:
+        """One text message. The default decodes JSON and calls ``receive_json()``."""
+        await self.receive_json(decode_json(text))
+
+    async def receive_json(self, data: Any) -> None:
+        """One JSON message. Not overridden: text messages close the socket with 1003."""
+        raise InvalidMessage(f"{type(self).__name__} takes no text messages", CloseCode.UNSUPPORTED_DATA)
+
+    async def receive_bytes(self, data: bytes) -> None:
+        """One binary message. Not overridden: binary messages close the socket with 1003."""
+        raise InvalidMessage(f"{type(self).__name__} takes no binary messages", CloseCode.UNSUPPORTED_DATA)
+
+    async def disconnect(self, code: int) -> None:
+        """Called once when the connection has ended, with its close code."""
+
+    # -- the loop ----------------------------------------------------------
+
+    async def dispatch(self) -> None:
+        """Run the hooks for one connection; returns when it is closed."""
+        socket = self.socket
+        try:
+            await self.connect()
+            while socket.connection_state is ConnectionState.OPEN:
+                data = await socket.receive()
+                if isinstance(data, str):
+                    await self.receive(data)
+                else:
+                    await self.receive_bytes(data)
+        except Exception as exc:
+            await close_for_exception(socket, exc)
+        finally:
+            await socket.close()  # no-op if closed; refuses the handshake if connect() didn't accept
+            try:
+                await self.disconnect(socket.close_code or CloseCode.ABNORMAL_CLOSURE)
+            except Exception:
+                logger.exception("%s.disconnect() raised", type(self).__name__)

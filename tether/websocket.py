@@ -1,0 +1,288 @@
+"""The WebSocket connection object: a typed face over ASGI's receive/send.
+
+One ``ConnectionState`` enum guards every call, so protocol misuse (sending
+before ``accept()``, receiving after ``close()``) raises ``InvalidState`` with
+the fix in its message instead of a server-specific error or a hang.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from enum import Enum
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import QueryDict
+from django.http.cookie import parse_cookie
+from django.utils.datastructures import CaseInsensitiveMapping
+from django.utils.functional import cached_property
+
+from ._types import Message, Receive, Scope, Send
+from .codes import CloseCode
+from .exceptions import Disconnected, InvalidMessage, InvalidState
+
+if TYPE_CHECKING:
+    from django.urls import ResolverMatch
+
+__all__ = ["ConnectionState", "WebSocket", "encode_json"]
+
+
+class ConnectionState(Enum):
+    CONNECTING = "connecting"  # handshake not answered yet
+    OPEN = "open"  # accepted: send and receive allowed
+    CLOSING = "closing"  # close() under way
+    CLOSED = "closed"  # closed by either side
+
+
+def encode_json(data: Any) -> str:
+    """Encode ``data`` the way every tether JSON frame is encoded (DjangoJSONEncoder, compact)."""
+    return json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
+
+
+class WebSocket:
+    """One WebSocket connection, handed to every handler.
+
+    Receiving methods raise ``Disconnected`` when the client goes away; the
+    ``iter_*`` methods end quietly instead. Sending methods raise
+    ``Disconnected`` if the client is gone and ``InvalidState`` before
+    ``accept()`` or after ``close()``.
+    """
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            raise ValueError(f"WebSocket needs a 'websocket' scope, got {scope['type']!r}")
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.connection_state = ConnectionState.CONNECTING
+        self.close_code: int | None = None  # set once closed, by either side
+        self.close_reason = ""
+        self._connect_received = False
+        self._peer_closed = False  # the client closed first: later calls raise Disconnected again
+        self.resolver_match: ResolverMatch | None = None
+        self.state = SimpleNamespace()  # free for the application's per-connection data
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.path!r} {self.connection_state.value}>"
+
+    # -- what the handshake carried -------------------------------------
+
+    @property
+    def path(self) -> str:
+        return str(self.scope["path"])
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments captured by the URL pattern (``<slug:room>`` -> ``{"room": ...}``)."""
+        return dict(self.resolver_match.kwargs) if self.resolver_match else {}
+
+    @cached_property
+    def headers(self) -> CaseInsensitiveMapping[str]:
+        """Request headers, case-insensitive; repeated headers are joined with ``", "``."""
+        merged: dict[str, str] = {}
+        for raw_name, raw_value in self.scope.get("headers", []):
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            merged[name] = f"{merged[name]}, {value}" if name in merged else value
+        return CaseInsensitiveMapping(merged)
+
+    @cached_property
+    def cookies(self) -> dict[str, str]:
+        return parse_cookie(self.headers.get("cookie", ""))
+
+    @cached_property
+    def query_params(self) -> QueryDict:
+        return QueryDict(self.scope.get("query_string", b""))
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """Subprotocols the client offered, in its order of preference."""
+        return list(self.scope.get("subprotocols", []))
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        client = self.scope.get("client")
+        return (str(client[0]), int(client[1])) if client else None
+
+    # -- handshake and closing ------------------------------------------
+
+    async def _await_connect(self) -> None:
+        """Take the ``websocket.connect`` event; idempotent."""
+        if self._connect_received:
+            return
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self._closed_by_peer(message)
+            raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+        if message["type"] != "websocket.connect":
+            raise InvalidState(f"expected websocket.connect, the server sent {message['type']!r}")
+        self._connect_received = True
+
+    async def accept(
+        self,
+        subprotocol: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    ) -> None:
+        """Complete the handshake; from now on the socket can send and receive.
+
+        ``subprotocol`` must be one the client offered (see ``subprotocols``).
+        Raises ``InvalidState`` if already accepted or closed.
+        """
+        if self.connection_state is not ConnectionState.CONNECTING:
+            raise InvalidState(
+                f"accept() called on a socket that is {self.connection_state.value}; call it once, first"
+            )
+        if subprotocol is not None and subprotocol not in self.subprotocols:
+            raise ValueError(
+                f"subprotocol {subprotocol!r} was not offered by the client (it offered {self.subprotocols})"
+            )
+        await self._await_connect()
+        pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+        message: Message = {
+            "type": "websocket.accept",
+            "subprotocol": subprotocol,
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs],
+        }
+        await self._send(message)
+        self.connection_state = ConnectionState.OPEN
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close the connection, or refuse it if not yet accepted (the server answers 403).
+
+        Idempotent: closing a closed socket does nothing. Safe to call from
+        another task than the one receiving.
+        """
+        if self.connection_state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        handshake = self.connection_state is ConnectionState.CONNECTING
+        self.connection_state = ConnectionState.CLOSING
+        reason = reason.encode()[:123].decode(errors="ignore")  # a close frame holds 123 bytes of reason
+        try:
+            if handshake:
+                await self._await_connect()
+            await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
+        except (Disconnected, OSError):
+            pass  # the peer is already gone: closed all the same
+        finally:
+            self.connection_state = ConnectionState.CLOSED
+            if self.close_code is None:
+                self.close_code, self.close_reason = int(code), reason
+
+    def _closed_by_peer(self, message: Message) -> None:
+        self.connection_state = ConnectionState.CLOSED
+        if self.close_code is None:
+            self._peer_closed = True
+            self.close_code = int(message.get("code") or CloseCode.ABNORMAL_CLOSURE)
+            self.close_reason = str(message.get("reason") or "")
+
+    # -- receiving ------------------------------------------------------
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next message: ``str`` for a text frame, ``bytes`` for a binary one.
+
+        Raises ``Disconnected`` when the client leaves (and again on every later
+        call), ``InvalidState`` before ``accept()`` or after ``close()``.
+        """
+        self._check_can_receive()
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            if text is not None:
+                return str(text)
+            return bytes(message.get("bytes") or b"")
+        if message["type"] == "websocket.disconnect":
+            self._closed_by_peer(message)
+            raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+        raise InvalidState(f"unexpected ASGI message {message['type']!r} while receiving")
+
+    def _check_can_receive(self) -> None:
+        state = self.connection_state
+        if state is ConnectionState.OPEN:
+            return
+        if state is ConnectionState.CONNECTING:
+            raise InvalidState("receive() before accept(): call await socket.accept() first")
+        if self._peer_closed:
+            raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+        raise InvalidState("receive() after close(): the socket is closed")
+
+    async def receive_text(self) -> str:
+        """The next text message; a binary frame raises ``InvalidMessage`` (close code 1003)."""
+        data = await self.receive()
+        if not isinstance(data, str):
+            raise InvalidMessage("expected a text frame, got a binary one", CloseCode.UNSUPPORTED_DATA)
+        return data
+
+    async def receive_bytes(self) -> bytes:
+        """The next binary message; a text frame raises ``InvalidMessage`` (close code 1003)."""
+        data = await self.receive()
+        if not isinstance(data, bytes):
+            raise InvalidMessage("expected a binary frame, got a text one", CloseCode.UNSUPPORTED_DATA)
+        return data
+
+    async def receive_json(self) -> Any:
+        """The next text message decoded as JSON; malformed JSON raises ``InvalidMessage`` (1007)."""
+        return decode_json(await self.receive_text())
+
+    async def iter_text(self) -> AsyncIterator[str]:
+        """Yield text messages until the client disconnects."""
+        try:
+            while True:
+                yield await self.receive_text()
+        except Disconnected:
+            return
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        """Yield binary messages until the client disconnects."""
+        try:
+            while True:
+                yield await self.receive_bytes()
+        except Disconnected:
+            return
+
+    async def iter_json(self) -> AsyncIterator[Any]:
+        """Yield decoded JSON messages until the client disconnects."""
+        try:
+            while True:
+                yield await self.receive_json()
+        except Disconnected:
+            return
+
+    # -- sending --------------------------------------------------------
+
+    async def send_text(self, data: str) -> None:
+        if not isinstance(data, str):
+            raise TypeError(f"send_text() takes a str, not {type(data).__name__}; use send_bytes() or send_json()")
+        await self._send_frame({"type": "websocket.send", "text": data})
+
+    async def send_bytes(self, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}; use send_text() or send_json()")
+        await self._send_frame({"type": "websocket.send", "bytes": bytes(data)})
+
+    async def send_json(self, data: Any) -> None:
+        """Send ``data`` as one JSON text frame (DjangoJSONEncoder: dates, UUIDs, Decimals work)."""
+        await self._send_frame({"type": "websocket.send", "text": encode_json(data)})
+
+    async def _send_frame(self, message: Message) -> None:
+        """The one way out for data frames: checks the state and maps a gone peer to ``Disconnected``."""
+        state = self.connection_state
+        if state is not ConnectionState.OPEN:
+            if state is ConnectionState.CONNECTING:
+                raise InvalidState("send before accept(): call await socket.accept() first")
+            if self._peer_closed:
+                raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+            raise InvalidState("send after close(): the socket is closed")
+        try:
+            await self._send(message)
+        except OSError as exc:  # e.g. uvicorn's ClientDisconnected
+            self._closed_by_peer({"code": CloseCode.ABNORMAL_CLOSURE})
+            raise Disconnected(CloseCode.ABNORMAL_CLOSURE) from exc
+
+
+def decode_json(text: str) -> Any:
+    """Decode a client's JSON text, raising ``InvalidMessage`` (1007) on malformed input."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidMessage(f"malformed JSON: {exc}", CloseCode.INVALID_DATA) from None
