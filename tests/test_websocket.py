@@ -189,9 +189,7 @@ async def test_json_round_trip_uses_django_encoder() -> None:
     server = FakeServer(CONNECT)
     socket = server.socket()
     await socket.accept()
-    await socket.send_json(
-        {"d": datetime.date(2026, 1, 2), "u": uid, "x": decimal.Decimal("1.50"), "s": "ü"}
-    )
+    await socket.send_json({"d": datetime.date(2026, 1, 2), "u": uid, "x": decimal.Decimal("1.50"), "s": "ü"})
     assert server.sent[-1]["text"] == '{"d":"2026-01-02","u":"12345678-1234-5678-1234-567812345678","x":"1.50","s":"ü"}'
 
 
