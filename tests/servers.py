@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,14 +90,22 @@ def serve(
     app: str = "tests.asgi:application",
     env: Mapping[str, str] | None = None,
     port: int | None = None,
+    *,
+    cwd: Path = ROOT,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """Run ``app`` under the ASGI server ``kind`` (a key of ``SERVERS``) for the with-block."""
+    """Run ``app`` under the ASGI server ``kind`` (a key of ``SERVERS``) for the with-block.
+
+    ``env`` is laid over the defaults (``DJANGO_SETTINGS_MODULE=tests.settings``,
+    ``PYTHONPATH`` the repository), ``extra_args`` go to the server's command
+    line (e.g. ``["--workers", "2"]``), and ``cwd`` is its working directory.
+    """
     port = port or free_port()
-    args = [a.format(port=port) for a in SERVERS[kind]]
+    args = [*(a.format(port=port) for a in SERVERS[kind]), *extra_args]
     full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT), **(env or {})}
     log_file = tempfile.NamedTemporaryFile(prefix=f"tether-{kind}-", suffix=".log", delete=False)
     process = subprocess.Popen(
-        [sys.executable, *args, app], cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+        [sys.executable, *args, app], cwd=cwd, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
     )
     server = Server(kind, port, process, Path(log_file.name))
     try:
