@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import json
 import ssl
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
+from tests.chat import ChatServer, chat_env, manage, session_cookie
+from tests.conftest import require_service
 from tests.nginx import Site, docs_site_config, run_nginx, site_config, site_directory, without_upgrade_headers
 from tests.servers import Server, serve
 
@@ -79,3 +86,76 @@ def test_nginx_redirects_http_and_serves_static(upstream: Server, site: Site) ->
         plain.close()
         with urllib.request.urlopen(f"{nginx.https_url}/static/hello.txt", context=trusting(site), timeout=5) as got:
             assert got.read() == b"static hello"
+
+
+# -- several worker processes, one Redis ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
+    """The chat under ``uvicorn --workers 2`` with the Redis backend (TETHER_BACKEND=redis)."""
+    require_service("Redis", "127.0.0.1", 6379)
+    env = chat_env(tmp_path_factory.mktemp("chat"), settings="tests.chat_settings", TETHER_BACKEND="redis")
+    manage(env, "migrate", "--noinput")
+    server = ChatServer(env, extra_args=("--workers", "2"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def parent_pid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for process {pid}")
+
+
+async def chat_socket(server: ChatServer, cookie: str, room: str = "lobby") -> tuple[ClientConnection, int]:
+    """A chat socket logged in with ``cookie``, once its history arrived; and the PID of its worker."""
+    ws = await websockets.connect(
+        f"{server.url}/ws/rooms/{room}/",
+        origin=websockets.Origin(server.http_url),
+        additional_headers={"Cookie": f"sessionid={cookie}"},
+        open_timeout=10,
+    )
+    assert ws.response is not None
+    first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert first["type"] == "history"  # joined: the worker is subscribed to the room's group
+    return ws, int(ws.response.headers["X-Worker-Pid"])
+
+
+async def next_of_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """The next frame of type ``kind`` (skipping others), within 10 s."""
+
+    async def find() -> dict[str, Any]:
+        while True:
+            frame: dict[str, Any] = json.loads(await ws.recv())
+            if frame["type"] == kind:
+                return frame
+
+    return await asyncio.wait_for(find(), 10)
+
+
+async def test_workers_chat_across_processes(workers: ChatServer) -> None:
+    """Two users whose sockets two different worker processes serve chat with each other through Redis."""
+    alice_cookie = session_cookie(workers.env, "alice")
+    bob_cookie = session_cookie(workers.env, "bob")
+    alice, alice_pid = await chat_socket(workers, alice_cookie)
+    bob = None
+    for _ in range(60):  # the kernel hands each connection to one worker: retry until the other one answers
+        candidate, pid = await chat_socket(workers, bob_cookie)
+        if pid != alice_pid:
+            bob, bob_pid = candidate, pid
+            break
+        await candidate.close()
+    assert bob is not None, f"all 60 connections landed on worker {alice_pid}"
+    assert workers.server is not None
+    assert parent_pid(alice_pid) == parent_pid(bob_pid) == workers.server.process.pid  # two workers, one server
+    async with alice, bob:
+        await alice.send(json.dumps({"text": f"hello from worker {alice_pid}"}))
+        got = await next_of_type(bob, "message")
+        assert (got["user"], got["text"]) == ("alice", f"hello from worker {alice_pid}")
+        await bob.send(json.dumps({"text": "@alice hi from the other worker"}))
+        assert (await next_of_type(alice, "message"))["text"] == "@alice hi from the other worker"
+        mention = await next_of_type(alice, "mention")  # user_group(alice) crosses processes too
+        assert (mention["user"], mention["room"]) == ("bob", "lobby")

@@ -1,0 +1,24 @@
+"""The chat example's URLconf, its socket answering the handshake with an ``X-Worker-Pid`` header.
+
+Test settings only (tests/chat_settings.py): the deployment tests connect until
+two different worker processes have answered.
+"""
+
+import os
+from typing import Any
+
+from django.urls import include, path
+
+from chat.sockets import ChatSocket
+from tether.urls import websocket
+
+
+class PidChatSocket(ChatSocket):
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        await super().accept(subprotocol, {**dict(headers or {}), "X-Worker-Pid": str(os.getpid())})
+
+
+urlpatterns = [
+    websocket("ws/rooms/<slug:room>/", PidChatSocket.as_handler(), name="pid-chat-socket"),
+    path("", include("chatsite.urls")),
+]
