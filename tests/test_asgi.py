@@ -99,3 +99,14 @@ async def test_unknown_scope_type_raises() -> None:
 
     with pytest.raises(ValueError, match="'webtransport'"):
         await TetherASGIHandler()({"type": "webtransport"}, never, never)  # type: ignore[arg-type]
+
+
+async def test_cancelled_handler_closes_1001() -> None:
+    """A server cancelling a handler (its own shutdown) makes tether close the socket with 1001."""
+    app = TetherASGIHandler()
+    async with connect("/ws/echo/", application=app) as ws:
+        await ws.send_text("ping")
+        assert await ws.receive_text() == "pong!"
+        ws._task.cancel()
+        assert await ws.wait_closed() == CloseCode.GOING_AWAY
+    assert not app.websocket.sockets
