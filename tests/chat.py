@@ -57,7 +57,7 @@ print(client.cookies["sessionid"].value)
 
 def session_cookie(env: dict[str, str], username: str) -> str:
     """Create ``username`` if needed and log it in; returns the ``sessionid`` cookie value."""
-    return manage(env, "shell", "-c", _LOGIN.format(username=username)).strip()
+    return manage(env, "shell", "-v", "0", "-c", _LOGIN.format(username=username)).strip().splitlines()[-1]
 
 
 class ChatServer:

@@ -40,6 +40,11 @@ def trusting(site: Site) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(site.certificate))
 
 
+def fetch(request: urllib.request.Request, site: Site) -> str:
+    with urllib.request.urlopen(request, context=trusting(site), timeout=5) as response:
+        return str(response.read().decode())
+
+
 def test_docs_config_is_the_one_tested() -> None:
     """The deployment guide holds the config the tests run, with the upgrade lines in it."""
     config = docs_site_config()
@@ -155,7 +160,39 @@ async def test_workers_chat_across_processes(workers: ChatServer) -> None:
         await alice.send(json.dumps({"text": f"hello from worker {alice_pid}"}))
         got = await next_of_type(bob, "message")
         assert (got["user"], got["text"]) == ("alice", f"hello from worker {alice_pid}")
+        assert (await next_of_type(alice, "message"))["id"] == got["id"]  # the room includes its author
         await bob.send(json.dumps({"text": "@alice hi from the other worker"}))
         assert (await next_of_type(alice, "message"))["text"] == "@alice hi from the other worker"
         mention = await next_of_type(alice, "mention")  # user_group(alice) crosses processes too
         assert (mention["user"], mention["room"]) == ("bob", "lobby")
+
+
+async def test_chat_behind_nginx_over_wss(workers: ChatServer, site: Site) -> None:
+    """The documented whole: nginx (TLS) -> uvicorn workers -> Redis. The https page links a wss://
+    socket, and the Origin check accepts the https origin because nginx forwards the scheme.
+    """
+    cookie = session_cookie(workers.env, "carol")
+    with run_nginx(site, site_config(site, workers.port)) as nginx:
+        request = urllib.request.Request(f"{nginx.https_url}/rooms/lobby/", headers={"Cookie": f"sessionid={cookie}"})
+        html = await asyncio.to_thread(fetch, request, site)
+        assert 'data-socket-url="wss://127.0.0.1/ws/rooms/lobby/"' in html  # $host: the public name, port 443
+        headers = {"Cookie": f"sessionid={cookie}"}
+        async with websockets.connect(
+            f"{nginx.wss_url}/ws/rooms/lobby/",
+            ssl=trusting(site),
+            origin=websockets.Origin(nginx.https_url),
+            additional_headers=headers,
+        ) as ws:
+            assert json.loads(await ws.recv())["type"] == "history"
+            await ws.send(json.dumps({"text": "through nginx"}))
+            frame = await next_of_type(ws, "message")
+            assert (frame["user"], frame["text"]) == ("carol", "through nginx")
+        with pytest.raises(InvalidStatus) as info:  # an http:// page may not open a wss:// socket
+            async with websockets.connect(
+                f"{nginx.wss_url}/ws/rooms/lobby/",
+                ssl=trusting(site),
+                origin=websockets.Origin(f"http://127.0.0.1:{site.https_port}"),
+                additional_headers=headers,
+            ):
+                pass
+        assert info.value.response.status_code == 403

@@ -116,7 +116,7 @@
         break;
       case "announcement": {
         const li = line("announcement");
-        li.append(span("user", "📣 " + frame.user), span("text", frame.text));
+        li.append(span("tag", "announcement"), span("user", frame.user), span("text", frame.text));
         append(li);
         break;
       }
