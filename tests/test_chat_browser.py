@@ -17,6 +17,8 @@ from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, 
 from tests.chat import ChatServer, chat_env, manage
 from tests.servers import ROOT
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
