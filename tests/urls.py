@@ -27,6 +27,7 @@ urlpatterns = [
     websocket("ws/silent/", sockets.Silent.as_handler(), name="silent"),
     websocket("ws/notes/<slug:room>/", sockets.Notes.as_handler(), name="notes"),
     websocket("ws/orm/", sockets.orm_counts, name="orm"),
+    websocket("ws/any/", sockets.echo_any, name="any"),
     re_websocket(r"^ws/re/(?P<code>[0-9]{3})/$", sockets.info, name="re-info"),
     path("ws/chat/", include(chat_patterns)),
 ]
