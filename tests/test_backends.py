@@ -228,7 +228,7 @@ async def test_postgres_backend_needs_a_postgres_alias() -> None:
 
     with pytest.raises(ImproperlyConfigured, match="'default' is sqlite"):
         await PostgresBackend(database="default").start()
-    with pytest.raises(ImproperlyConfigured, match="not in settings.DATABASES"):
+    with pytest.raises(ImproperlyConfigured, match=r"not in settings\.DATABASES"):
         await PostgresBackend(database="nope").start()
 
 
