@@ -398,6 +398,18 @@ async def test_drop_policies_keep_the_socket_open(settings: Any, policy: str, ex
     await slow.disconnect()
 
 
+async def test_burst_larger_than_the_queue_does_not_drop_fast_clients(settings: Any) -> None:
+    """A publisher looping with no other await sends 5x QUEUE_SIZE messages; a reading client gets them all."""
+    settings.TETHER = {"QUEUE_SIZE": 10}
+    group = new_group()
+    async with connect(f"/ws/group/{group}/") as ws:
+        await ws.receive_json()
+        for n in range(50):
+            await broadcast(group, str(n))
+        assert [await ws.receive_text() for _ in range(50)] == [str(n) for n in range(50)]
+        assert (await get_hub()).dropped_messages == 0
+
+
 def test_unknown_overflow_policy_is_refused(settings: Any) -> None:
     """A typo in OVERFLOW fails loudly, listing the choices."""
     settings.TETHER = {"OVERFLOW": "drop"}

@@ -142,7 +142,8 @@ class _Member:
         """Queue one delivery without ever waiting; a full queue applies the overflow policy."""
         queue = self.queue
         hub = self.hub
-        if len(queue) >= hub.queue_size:
+        size = len(queue)
+        if size >= hub.queue_size:
             if hub.overflow == "drop_newest":
                 self.dropped += 1
                 hub.dropped_messages += 1
@@ -154,6 +155,8 @@ class _Member:
             else:
                 hub._close_slow(self)
                 return
+        elif size >= hub.high_water:
+            hub.pressure = True  # the next publish on this loop yields once so writers can drain
         queue.append(item)
         waiter = self.waiter
         if waiter is not None:
@@ -165,27 +168,32 @@ class _Member:
         """Drain the queue into the socket, in order, until the socket closes."""
         socket = self.socket
         queue = self.queue
+        popleft = queue.popleft
+        send = socket._send  # the loop checks the state that _send_frame() would
         loop = self.hub.loop
+        open_ = ConnectionState.OPEN
         try:
             while True:
-                state = socket.connection_state
-                if queue and state is ConnectionState.OPEN:
-                    group, frame = queue.popleft()
+                while queue and socket.connection_state is open_:
+                    group, frame = popleft()
                     hook = socket._group_hook
                     if hook is not None:
                         transformed = await hook(group, frame)
                         if transformed is None:
                             continue
                         frame = transformed
-                    if isinstance(frame, str):
-                        await socket._send_frame({"type": "websocket.send", "text": frame})
+                    if type(frame) is str:
+                        await send({"type": "websocket.send", "text": frame})
                     else:
-                        await socket._send_frame({"type": "websocket.send", "bytes": frame})
-                elif state is ConnectionState.CLOSING or state is ConnectionState.CLOSED:
+                        await send({"type": "websocket.send", "bytes": frame})
+                state = socket.connection_state
+                if state is ConnectionState.CLOSING or state is ConnectionState.CLOSED:
                     return
-                else:  # nothing queued, or not accepted yet: wait for offer() or accept()
-                    self.waiter = loop.create_future()
-                    await self.waiter
+                # nothing queued, or not accepted yet: wait for offer() or accept()
+                self.waiter = loop.create_future()
+                await self.waiter
+        except OSError:  # the client is gone (e.g. uvicorn's ClientDisconnected)
+            socket._closed_by_peer({"code": CloseCode.ABNORMAL_CLOSURE})
         except (Disconnected, InvalidState):
             return  # the socket closed under us: the router drops the membership
         except Exception as exc:  # group_message() raised
@@ -210,6 +218,8 @@ class Hub:
         self.queue_size = int(get_setting("QUEUE_SIZE"))
         if self.queue_size < 1:
             raise ValueError(f"TETHER['QUEUE_SIZE'] must be at least 1, got {self.queue_size}")
+        self.high_water = max(1, self.queue_size // 2)
+        self.pressure = False  # some queue passed high_water since the last publish
         self.overflow: str = get_setting("OVERFLOW")
         if self.overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"TETHER['OVERFLOW'] = {self.overflow!r}; choose one of {', '.join(OVERFLOW_POLICIES)}")
@@ -362,6 +372,9 @@ class Hub:
         await self.start()
         await self.backend.publish(group, frame)
         self.published += 1
+        if self.pressure:  # a publisher that never awaits anything else would fill every queue
+            self.pressure = False
+            await asyncio.sleep(0)
 
     def _deliver(self, group: str, frame: Frame) -> None:
         """Called by the backend for each incoming frame: queue it for every local member."""

@@ -56,8 +56,7 @@ class MemoryBackend(Backend):
                     _subscribers.pop(group, None)
 
     async def publish(self, group: str, frame: Frame) -> None:
-        """Queue ``frame`` for every subscribed hub, then yield once so their writers run:
-        a publisher looping without other awaits can't fill every queue before any drains."""
+        """Hand ``frame`` to every subscribed hub: directly on this loop, thread-safely to others."""
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -70,8 +69,6 @@ class MemoryBackend(Backend):
                 loop.call_soon_threadsafe(backend.deliver, group, frame)
             elif loop is not None:  # its loop is gone (a finished test, a stopped script)
                 backend._forget()
-        if here is not None:
-            await asyncio.sleep(0)
 
     def _forget(self) -> None:
         with _lock:
