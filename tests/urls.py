@@ -26,6 +26,7 @@ urlpatterns = [
     websocket("ws/text/", sockets.TextOnly.as_handler(), name="text"),
     websocket("ws/silent/", sockets.Silent.as_handler(), name="silent"),
     websocket("ws/notes/<slug:room>/", sockets.Notes.as_handler(), name="notes"),
+    websocket("ws/orm/", sockets.orm_counts, name="orm"),
     re_websocket(r"^ws/re/(?P<code>[0-9]{3})/$", sockets.info, name="re-info"),
     path("ws/chat/", include(chat_patterns)),
     websocket("ws/group/<str:group>/", group_sockets.GroupMember.as_handler(), name="group"),

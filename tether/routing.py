@@ -9,6 +9,7 @@ with 1011 and is logged with its traceback.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -95,6 +96,9 @@ class WebSocketRouter:
             await handler(socket)
         except Exception as exc:
             await close_for_exception(socket, exc)
+        except asyncio.CancelledError:
+            await socket.close(CloseCode.GOING_AWAY, "server shutting down")  # the server is stopping
+            raise
         finally:
             self.sockets.discard(socket)
             if socket._member is not None:

@@ -84,7 +84,8 @@ class WebSocketTestClient:
     async def _next(self) -> dict[str, Any]:
         """The app's next message, or the app's own exception, within ``timeout``."""
         if self._from_app.empty() and self._task.done():
-            self._task.result()  # raises what escaped the application
+            if not self._task.cancelled():
+                self._task.result()  # raises what escaped the application
             self._raise_app_exception()
             raise AssertionError("the application finished without closing the socket")
         getter = asyncio.ensure_future(self._from_app.get())
@@ -188,11 +189,13 @@ class WebSocketTestClient:
             await self._to_app.put(
                 {"type": "websocket.disconnect", "code": self.close_code or CloseCode.NORMAL_CLOSURE}
             )
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), self.timeout)
-        except TimeoutError:
+        done, _ = await asyncio.wait({self._task}, timeout=self.timeout)
+        if not done:
             self._task.cancel()
-            raise TimeoutError(f"the handler did not return within {self.timeout}s of the disconnect") from None
+            raise TimeoutError(f"the handler did not return within {self.timeout}s of the disconnect")
+        escaped = None if self._task.cancelled() else self._task.exception()
+        if escaped is not None:
+            raise escaped  # it escaped the application entirely
 
 
 @asynccontextmanager

@@ -117,3 +117,17 @@ class Notes(SocketView):
         texts = [m.text async for m in Message.objects.using(self.using).filter(room=self.kwargs["room"])]
         count = await Message.objects.using(self.using).acount()
         await self.send_json({"texts": texts, "count": count})
+
+
+async def orm_counts(socket: WebSocket) -> None:
+    """Counts rows two ways: sync_to_async around sync ORM code, and (wrongly) sync ORM directly."""
+    from asgiref.sync import sync_to_async
+
+    using = socket.query_params.get("db", "default")
+    await socket.accept()
+    async for command in socket.iter_text():
+        if command == "wrapped":
+            count = await sync_to_async(lambda: Message.objects.using(using).count())()
+            await socket.send_json({"count": count})
+        else:
+            Message.objects.using(using).count()  # raises SynchronousOnlyOperation in async code
