@@ -3,7 +3,7 @@ from django.urls import include, path
 
 from tether.urls import re_websocket, websocket
 
-from .testapp import sockets
+from .testapp import group_sockets, sockets
 
 chat_patterns = (
     [
@@ -27,6 +27,11 @@ urlpatterns = [
     websocket("ws/silent/", sockets.Silent.as_handler(), name="silent"),
     websocket("ws/notes/<slug:room>/", sockets.Notes.as_handler(), name="notes"),
     websocket("ws/orm/", sockets.orm_counts, name="orm"),
+    websocket("ws/any/", sockets.echo_any, name="any"),
     re_websocket(r"^ws/re/(?P<code>[0-9]{3})/$", sockets.info, name="re-info"),
     path("ws/chat/", include(chat_patterns)),
+    websocket("ws/group/<str:group>/", group_sockets.GroupMember.as_handler(), name="group"),
+    websocket("ws/censored/<str:group>/", group_sockets.Censored.as_handler(), name="censored"),
+    websocket("ws/broken-hook/<str:group>/", group_sockets.BrokenHook.as_handler(), name="broken-hook"),
+    websocket("ws/early/<str:group>/", group_sockets.early_joiner, name="early"),
 ]

@@ -2,6 +2,7 @@
 
 from .codes import CloseCode
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState, TetherError
+from .hub import broadcast, broadcast_on_commit, broadcast_sync, user_group
 from .views import SocketView
 from .websocket import ConnectionState, WebSocket
 
@@ -16,6 +17,10 @@ __all__ = [
     "SocketView",
     "TetherError",
     "WebSocket",
+    "broadcast",
+    "broadcast_on_commit",
+    "broadcast_sync",
+    "user_group",
 ]
 
 __version__ = "0.1.0"

@@ -12,6 +12,10 @@ DEFAULTS: dict[str, Any] = {
     "BACKEND": "tether.backends.memory.MemoryBackend",
     "OPTIONS": {},
     "URLCONF": None,  # None: ROOT_URLCONF
+    # Outbound messages queued per socket before OVERFLOW applies. A queue holds references to
+    # frames shared by all members, so a thousand costs little and absorbs a burst.
+    "QUEUE_SIZE": 1000,
+    "OVERFLOW": "close",  # or "drop_oldest", "drop_newest" (see tether.hub)
 }
 
 

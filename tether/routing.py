@@ -101,6 +101,8 @@ class WebSocketRouter:
             raise
         finally:
             self.sockets.discard(socket)
+            if socket._member is not None:
+                socket._member.hub.discard(socket)  # no group keeps a closed socket
             if socket.connection_state is not ConnectionState.CLOSED:
                 await socket.close()
             connection_logger.info(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+from .backends.base import Frame
 from .codes import CloseCode
 from .exceptions import InvalidMessage
+from .hub import broadcast
 from .routing import close_for_exception
 from .urls import Handler
 from .websocket import ConnectionState, WebSocket, decode_json
@@ -35,6 +37,8 @@ class SocketView:
         self.socket = socket
         for key, value in initkwargs.items():
             setattr(self, key, value)
+        if type(self).group_message is not SocketView.group_message:
+            socket._group_hook = self.group_message  # the default costs nothing per delivery
 
     @classmethod
     def as_handler(cls, **initkwargs: Any) -> Handler:
@@ -77,6 +81,31 @@ class SocketView:
 
     async def send_json(self, data: Any) -> None:
         await self.socket.send_json(data)
+
+    # -- groups ------------------------------------------------------------
+
+    async def join(self, group: str) -> None:
+        """Receive ``group``'s broadcasts (see ``WebSocket.join``); idempotent."""
+        await self.socket.join(group)
+
+    async def leave(self, group: str) -> None:
+        """Stop receiving ``group``'s broadcasts; idempotent."""
+        await self.socket.leave(group)
+
+    async def broadcast(self, group: str, data: Any) -> None:
+        """Send ``data`` to every socket in ``group``, in every process (``tether.broadcast``)."""
+        await broadcast(group, data)
+
+    async def group_message(self, group: str, message: Frame) -> Frame | None:
+        """Called for each group message before it is sent to this connection.
+
+        ``message`` is the frame as broadcast: ``str`` (JSON messages arrive as
+        their encoded text) or ``bytes``. Return what to send, or None to skip
+        it for this connection. The default sends it as is. Runs in the
+        socket's writer, so a slow hook delays only this socket; if it raises,
+        the socket closes with 1011.
+        """
+        return message
 
     # -- hooks -----------------------------------------------------------
 

@@ -26,6 +26,8 @@ from .exceptions import Disconnected, InvalidMessage, InvalidState
 if TYPE_CHECKING:
     from django.urls import ResolverMatch
 
+    from .hub import GroupHook, _Member
+
 __all__ = ["ConnectionState", "WebSocket", "encode_json"]
 
 
@@ -63,6 +65,8 @@ class WebSocket:
         self._peer_closed = False  # the client closed first: later calls raise Disconnected again
         self.resolver_match: ResolverMatch | None = None
         self.state = SimpleNamespace()  # free for the application's per-connection data
+        self._member: _Member | None = None  # the hub's record of this socket's groups
+        self._group_hook: GroupHook | None = None  # SocketView.group_message, when overridden
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.path!r} {self.connection_state.value}>"
@@ -146,6 +150,8 @@ class WebSocket:
         }
         await self._send(message)
         self.connection_state = ConnectionState.OPEN
+        if self._member is not None:
+            self._member.wake()  # group messages that arrived before accept() go out now
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection, or refuse it if not yet accepted (the server answers 403).
@@ -175,6 +181,32 @@ class WebSocket:
             self._peer_closed = True
             self.close_code = int(message.get("code") or CloseCode.ABNORMAL_CLOSURE)
             self.close_reason = str(message.get("reason") or "")
+
+    # -- groups ---------------------------------------------------------
+
+    async def join(self, group: str) -> None:
+        """Receive what is broadcast to ``group`` from now on. Idempotent.
+
+        Raises ``InvalidGroup`` for a bad name, ``InvalidState`` on a closed
+        socket. Membership ends by itself when the socket closes. Joining
+        before ``accept()`` is allowed: messages wait for the handshake.
+        """
+        from .hub import get_hub
+
+        await (await get_hub()).join(self, group)
+
+    async def leave(self, group: str) -> None:
+        """Stop receiving ``group``'s messages. Idempotent; raises ``InvalidGroup`` for a bad name."""
+        from .hub import validate_group
+
+        validate_group(group)
+        if self._member is not None:
+            await self._member.hub.leave(self, group)
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this socket is in."""
+        return frozenset(self._member.groups) if self._member is not None else frozenset()
 
     # -- receiving ------------------------------------------------------
 

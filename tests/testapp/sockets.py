@@ -131,3 +131,14 @@ async def orm_counts(socket: WebSocket) -> None:
             await socket.send_json({"count": count})
         else:
             Message.objects.using(using).count()  # raises SynchronousOnlyOperation in async code
+
+
+async def echo_any(socket: WebSocket) -> None:
+    """Echoes text as text and binary as binary (what the Autobahn testsuite expects)."""
+    await socket.accept()
+    while True:
+        data = await socket.receive()
+        if isinstance(data, str):
+            await socket.send_text(data)
+        else:
+            await socket.send_bytes(data)
