@@ -2,7 +2,8 @@
 # The chat example (examples/chat) on http://127.0.0.1:8000/: sign up, open a room, chat.
 # Embedded defaults: SQLite and tether's in-memory backend, served by uvicorn (websockets-sansio).
 # TETHER_BACKEND=redis uses Redis at 127.0.0.1:6379; DATABASE_URL=postgres://postgres@127.0.0.1:5432/chat
-# uses PostgreSQL (create the database first). Creates .venv on first use.
+# uses PostgreSQL (create the database first); WORKERS=2 runs two worker processes (with Redis).
+# Creates .venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -16,4 +17,4 @@ cd examples/chat
 ../../.venv/bin/python manage.py migrate --noinput -v 0
 echo "chat: http://${HOST:-127.0.0.1}:${PORT:-8000}/ (sign up, then open a room in two browsers)"
 exec ../../.venv/bin/python -m uvicorn chatsite.asgi:application \
-  --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" --ws websockets-sansio
+  --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" --ws websockets-sansio --workers "${WORKERS:-1}"
