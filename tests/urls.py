@@ -29,4 +29,13 @@ urlpatterns = [
     websocket("ws/orm/", sockets.orm_counts, name="orm"),
     re_websocket(r"^ws/re/(?P<code>[0-9]{3})/$", sockets.info, name="re-info"),
     path("ws/chat/", include(chat_patterns)),
+    websocket("ws/auth/whoami/", sockets.whoami, name="whoami"),
+    websocket("ws/auth/private/", sockets.private, name="private"),
+    websocket("ws/auth/post/", sockets.post_message, name="post-message"),
+    websocket("ws/auth/staff/", sockets.staff_only, name="staff"),
+    websocket("ws/auth/token/", sockets.token_only, name="token"),
+    websocket("ws/auth/members/", sockets.Members.as_handler(), name="members"),
+    websocket("ws/auth/editors/", sockets.Editors.as_handler(), name="editors"),
+    websocket("ws/auth/who/", sockets.WhoView.as_handler(), name="who"),
+    websocket("ws/echo-view/", sockets.EchoView.as_handler(), name="echo-view"),
 ]

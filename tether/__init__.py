@@ -1,5 +1,6 @@
 """django-tether: real-time WebSockets for Django on plain ASGI."""
 
+from .auth import login_required, permission_required, require
 from .codes import CloseCode
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState, TetherError
 from .views import SocketView
@@ -16,6 +17,9 @@ __all__ = [
     "SocketView",
     "TetherError",
     "WebSocket",
+    "login_required",
+    "permission_required",
+    "require",
 ]
 
 __version__ = "0.1.0"
