@@ -23,7 +23,7 @@ from ._types import Receive, Scope, Send
 from .auth import user_id
 from .codes import CloseCode
 from .conf import get_setting
-from .exceptions import Disconnected, InvalidMessage
+from .exceptions import Disconnected, InvalidMessage, InvalidState
 from .limits import limit_receive
 from .security import origin_refusal, refuse_handshake
 from .urls import Handler, get_handler
@@ -86,6 +86,9 @@ class WebSocketRouter:
             else:
                 await asyncio.wait_for(socket._await_connect(), handshake_timeout)
         except Disconnected:
+            return
+        except InvalidState as exc:  # a server bug, but not one to crash on
+            logger.warning("Gave up on websocket %s: %s", escape_uri_path(_path_info(scope)), exc)
             return
         except asyncio.TimeoutError:
             logger.warning(
