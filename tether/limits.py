@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -63,18 +64,37 @@ class LimitedReceive:
         self._burst = float(burst if burst is not None else max(2 * rate, 1.0)) if rate else 0.0
         self._tokens = self._burst
         self._refilled = time.monotonic()
+        # The idle timeout: one timer per idle period, not one per message (a timeout per
+        # receive() costs ~10 us). It fires, re-arms if the handler waited less than ``idle``,
+        # else cancels the waiting task, which turns the cancellation into a 4408 close.
         self._idle = idle
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Task[object] | None = None
+        self._waiting_since = 0.0
+        self._timed_out = False
 
     async def __call__(self) -> Message:
         socket = self.socket
         assert socket is not None, "LimitedReceive.socket must be set before use"
         if self._idle is not None and socket.connection_state is ConnectionState.OPEN:
+            loop = asyncio.get_running_loop()
+            self._waiting_since = loop.time()
+            self._waiter = asyncio.current_task()
+            if self._timer is None:
+                self._timer = loop.call_at(self._waiting_since + self._idle, self._on_timer)
             try:
-                message = await asyncio.wait_for(self._receive(), self._idle)
-            except asyncio.TimeoutError:
+                message = await self._receive()
+            except asyncio.CancelledError:
+                if not self._timed_out:
+                    raise
+                self._timed_out = False
+                if sys.version_info >= (3, 11) and self._waiter is not None:
+                    self._waiter.uncancel()
                 return await self._violate(
                     socket, CloseCode.TIMEOUT, "idle timeout", f"idle for {self._idle:g}s", logging.INFO
                 )
+            finally:
+                self._waiter = None
         else:
             message = await self._receive()
         if message["type"] != "websocket.receive":
@@ -104,6 +124,24 @@ class LimitedReceive:
             self._tokens = tokens - 1.0
         return message
 
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._waiter is None or self._idle is None:
+            return  # not waiting for a message (busy, or finished): the next receive() re-arms
+        loop = asyncio.get_running_loop()
+        due = self._waiting_since + self._idle
+        if loop.time() < due:
+            self._timer = loop.call_at(due, self._on_timer)
+            return
+        self._timed_out = True
+        self._waiter.cancel()
+
+    def stop(self) -> None:
+        """Cancel the idle timer (the connection is over); idempotent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def _violate(
         self, socket: WebSocket, code: int, reason: str, detail: str, level: int = logging.WARNING
     ) -> Message:
@@ -111,6 +149,7 @@ class LimitedReceive:
         logger.log(
             level, "Closing websocket %s for user %s: %s (closed %d)", socket.path, user_id(socket), detail, code
         )
+        self.stop()
         await socket.close(code, reason)
         socket._peer_closed = True  # later receive()/send() raise Disconnected, as after a client's close
         return {"type": "websocket.disconnect", "code": int(code), "reason": reason}

@@ -114,7 +114,11 @@ class WebSocketRouter:
             return
         handler = get_handler(match.func)
         assert handler is not None
-        await self.serve(socket, handler)
+        try:
+            await self.serve(socket, handler)
+        finally:
+            if limited is not None:
+                limited.stop()
 
     async def serve(self, socket: WebSocket, handler: Handler) -> None:
         """Run ``handler`` to its end and leave the socket closed, whatever happened."""
