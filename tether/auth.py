@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union, cast
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
+from django.utils.encoding import escape_uri_path
 
 from .codes import CloseCode
 from .security import refuse_handshake
@@ -125,7 +126,11 @@ async def run_guards(socket: WebSocket, guards: Iterable[Guard]) -> bool:
         if refusal is not None:
             code, reason = refusal
             logger.warning(
-                "Refused websocket %s for user %s: %s (closed %d)", socket.path, user_id(socket), reason, code
+                "Refused websocket %s for user %s: %s (closed %d)",
+                escape_uri_path(socket.path),
+                user_id(socket),
+                reason,
+                code,
             )
             await refuse_handshake(socket, code, reason)
             return False

@@ -24,6 +24,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from django.utils.encoding import escape_uri_path
+
 from ._types import Message, Receive
 from .auth import user_id
 from .codes import CloseCode
@@ -147,7 +149,12 @@ class LimitedReceive:
     ) -> Message:
         """Close with ``code``, log, and hand the handler a disconnect event in place of the message."""
         logger.log(
-            level, "Closing websocket %s for user %s: %s (closed %d)", socket.path, user_id(socket), detail, code
+            level,
+            "Closing websocket %s for user %s: %s (closed %d)",
+            escape_uri_path(socket.path),
+            user_id(socket),
+            detail,
+            code,
         )
         self.stop()
         await socket.close(code, reason)

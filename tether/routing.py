@@ -127,7 +127,9 @@ class WebSocketRouter:
         if connection_logger.isEnabledFor(logging.INFO):
             client = socket.client
             connection_logger.info(
-                "websocket %s connecting from %s", socket.path, f"{client[0]}:{client[1]}" if client else "-"
+                "websocket %s connecting from %s",
+                escape_uri_path(socket.path),
+                f"{client[0]}:{client[1]}" if client else "-",
             )
         try:
             await handler(socket)
@@ -142,7 +144,7 @@ class WebSocketRouter:
                 await socket.close()
             connection_logger.info(
                 "websocket %s closed with %s after %.3fs (user %s)",
-                socket.path,
+                escape_uri_path(socket.path),
                 socket.close_code,
                 time.monotonic() - started,
                 user_id(socket),
