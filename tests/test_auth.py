@@ -277,3 +277,20 @@ def test_guard_on_a_non_handler_raises_type_error() -> None:
 
     with pytest.raises(TypeError, match="SocketView"):
         login_required(int)
+
+
+async def test_user_resolved_hook_runs_once_for_authenticated_users(ann: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's hook (_on_user_resolved) runs once per authenticated connection, never for anonymous."""
+    import tether.auth
+
+    seen: list[tuple[str, str]] = []
+
+    async def hook(socket: WebSocket, user: Any) -> None:
+        seen.append((socket.path, user.get_username()))
+
+    monkeypatch.setattr(tether.auth, "_on_user_resolved", hook)
+    async with connect("/ws/auth/members/", user=ann) as ws:  # guard and SocketView both ask for the user
+        await ws.receive_json()
+    async with connect("/ws/auth/who/") as ws:
+        await ws.receive_json()
+    assert seen == [("/ws/auth/members/", "ann")]
