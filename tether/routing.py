@@ -102,7 +102,7 @@ class WebSocketRouter:
         match, why = _resolve(get_setting("URLCONF"), path)
         if match is None:
             logger.warning("Rejected websocket %s: %s (closed %d)", escape_uri_path(path), why, CloseCode.NOT_FOUND)
-            await socket.close(CloseCode.NOT_FOUND, "no such websocket route")
+            await refuse_handshake(socket, CloseCode.NOT_FOUND, "no such websocket route")
             return
         socket.resolver_match = match
         refusal = origin_refusal(socket)
@@ -165,11 +165,14 @@ async def close_for_exception(socket: WebSocket, exc: Exception) -> None:
     if isinstance(exc, Disconnected):
         return  # the client left: the normal end of a connection
     if isinstance(exc, InvalidMessage):
-        logger.warning("Closing websocket %s with %d: %s", socket.path, exc.code, exc)
+        logger.warning("Closing websocket %s with %d: %s", escape_uri_path(socket.path), exc.code, exc)
         await socket.close(exc.code, str(exc))
         return
     logger.error(
-        "Handler for websocket %s raised; closing with %d", socket.path, CloseCode.INTERNAL_ERROR, exc_info=exc
+        "Handler for websocket %s raised; closing with %d",
+        escape_uri_path(socket.path),
+        CloseCode.INTERNAL_ERROR,
+        exc_info=exc,
     )
     sink = socket.scope.get("extensions", {}).get("tether.testing")
     if sink is not None:  # tether.testing re-raises it in the test
