@@ -148,3 +148,21 @@ def test_origin_check_enabled_passes() -> None:
 def test_the_test_settings_pass_every_non_deploy_check() -> None:
     """The suite's own project triggers no tether check (all registered through TetherConfig.ready())."""
     assert _ids(run_checks(tags=["tether"])) == []
+
+
+def test_w006_staticfiles_before_tether() -> None:
+    """W006: staticfiles listed before tether takes runserver away from tether."""
+    from tether.checks import check_runserver_order
+
+    with override_settings(INSTALLED_APPS=["django.contrib.staticfiles", "tether"]):
+        [warning] = check_runserver_order()
+    assert warning.id == "tether.W006" and "move 'tether' above it" in warning.msg
+
+
+def test_w006_silent_when_tether_comes_first() -> None:
+    """W006 stays silent with tether first, or without staticfiles."""
+    from tether.checks import check_runserver_order
+
+    with override_settings(INSTALLED_APPS=["tether", "django.contrib.staticfiles"]):
+        assert check_runserver_order() == []
+    assert check_runserver_order() == []

@@ -8,6 +8,7 @@ tether.E002    a local ``websockets`` module shadows the library           ``che
 tether.W003    ``tether`` missing from INSTALLED_APPS                      at startup
 tether.W004    the project's ``asgi.py`` does not use tether               ``check``
 tether.W005    an unknown key in the ``TETHER`` setting (a typo)           ``check``
+tether.W006    ``django.contrib.staticfiles`` listed before ``tether``     ``check``
 tether.W010    the memory backend with DEBUG off                           ``--deploy``
 tether.W011    Origin checking disabled                                    ``--deploy``
 =============  ==========================================================  ===========
@@ -37,6 +38,7 @@ __all__ = [
     "check_installed",
     "check_memory_backend_in_deployment",
     "check_origin_checking",
+    "check_runserver_order",
     "check_settings_keys",
     "check_websocket_server",
     "check_websockets_shadowing",
@@ -154,6 +156,23 @@ def check_settings_keys(app_configs: Sequence[AppConfig] | None = None, **kwargs
             f"TETHER has unknown key(s) {', '.join(map(repr, unknown))}, which tether ignores. "
             f"Fix: use one of {', '.join(sorted(DEFAULTS))}.",
             id="tether.W005",
+        )
+    ]
+
+
+@register("tether")
+def check_runserver_order(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """tether.W006: the first app listed wins ``runserver``; staticfiles' one serves no WebSockets."""
+    names = list(settings.INSTALLED_APPS)
+    static = "django.contrib.staticfiles"
+    tether = next((n for n in names if n == "tether" or n.startswith("tether.apps")), None)
+    if static not in names or tether is None or names.index(tether) < names.index(static):
+        return []
+    return [
+        Warning(
+            f"{static!r} is listed before 'tether' in INSTALLED_APPS, so 'manage.py runserver' is staticfiles' "
+            "and serves no WebSockets. Fix: move 'tether' above it (tether's runserver serves static files too).",
+            id="tether.W006",
         )
     ]
 
