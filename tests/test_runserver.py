@@ -36,7 +36,7 @@ async def _hello(port: int) -> str:
 
 def _try_hello(port: int) -> str | None:
     try:
-        return asyncio.run(asyncio.wait_for(_hello(port), 2))
+        return asyncio.run(asyncio.wait_for(_hello(port), 5))
     except (OSError, websockets.exceptions.WebSocketException, TimeoutError):
         return None
 
@@ -59,7 +59,7 @@ def test_runserver_serves_websockets_and_reloads(tmp_path: Path) -> None:
         wait_for_port(port, process)
         assert _try_hello(port) == "v1"
         urls.write_text(URLS.format(reply="v2"))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         reply = None
         while reply != "v2" and time.monotonic() < deadline:  # bounded poll across the reload
             reply = _try_hello(port)

@@ -34,4 +34,13 @@ urlpatterns = [
     websocket("ws/censored/<str:group>/", group_sockets.Censored.as_handler(), name="censored"),
     websocket("ws/broken-hook/<str:group>/", group_sockets.BrokenHook.as_handler(), name="broken-hook"),
     websocket("ws/early/<str:group>/", group_sockets.early_joiner, name="early"),
+    websocket("ws/auth/whoami/", sockets.whoami, name="whoami"),
+    websocket("ws/auth/private/", sockets.private, name="private"),
+    websocket("ws/auth/post/", sockets.post_message, name="post-message"),
+    websocket("ws/auth/staff/", sockets.staff_only, name="staff"),
+    websocket("ws/auth/token/", sockets.token_only, name="token"),
+    websocket("ws/auth/members/", sockets.Members.as_handler(), name="members"),
+    websocket("ws/auth/editors/", sockets.Editors.as_handler(), name="editors"),
+    websocket("ws/auth/who/", sockets.WhoView.as_handler(), name="who"),
+    websocket("ws/echo-view/", sockets.EchoView.as_handler(), name="echo-view"),
 ]

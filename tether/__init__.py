@@ -1,5 +1,6 @@
 """django-tether: real-time WebSockets for Django on plain ASGI."""
 
+from .auth import login_required, permission_required, require
 from .codes import CloseCode
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState, TetherError
 from .hub import broadcast, broadcast_on_commit, broadcast_sync, user_group
@@ -20,6 +21,9 @@ __all__ = [
     "broadcast",
     "broadcast_on_commit",
     "broadcast_sync",
+    "login_required",
+    "permission_required",
+    "require",
     "user_group",
 ]
 

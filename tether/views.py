@@ -8,8 +8,9 @@ Override hooks, not loops: ``connect()`` decides the handshake, ``receive()`` /
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from .auth import Guard, run_guards
 from .backends.base import Frame
 from .codes import CloseCode
 from .exceptions import InvalidMessage
@@ -17,6 +18,9 @@ from .hub import broadcast
 from .routing import close_for_exception
 from .urls import Handler
 from .websocket import ConnectionState, WebSocket, decode_json
+
+if TYPE_CHECKING:
+    from .auth import User
 
 __all__ = ["SocketView"]
 
@@ -32,6 +36,7 @@ class SocketView:
     """
 
     http_method_names: ClassVar[list[str]] = []  # keeps Django's admindocs and friends quiet
+    guards: ClassVar[tuple[Guard, ...]] = ()  # run by as_handler() before the view exists (@login_required adds)
 
     def __init__(self, socket: WebSocket, **initkwargs: Any) -> None:
         self.socket = socket
@@ -48,6 +53,8 @@ class SocketView:
                 raise TypeError(f"{cls.__name__}.as_handler() got {key!r}, which is not an attribute of the class")
 
         async def handler(socket: WebSocket) -> None:
+            if cls.guards and not await run_guards(socket, cls.guards):
+                return  # refused: the view never existed, so no connect() and no disconnect()
             await cls(socket, **initkwargs).dispatch()
 
         handler.view_class = cls  # type: ignore[attr-defined]
@@ -66,6 +73,11 @@ class SocketView:
     @property
     def kwargs(self) -> dict[str, Any]:
         return self.socket.kwargs
+
+    @property
+    def user(self) -> User:
+        """The connection's user (``AnonymousUser`` when not logged in), resolved before ``connect()``."""
+        return self.socket.user
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         await self.socket.accept(subprotocol, headers)
@@ -134,6 +146,7 @@ class SocketView:
         """Run the hooks for one connection; returns when it is closed."""
         socket = self.socket
         try:
+            await socket.auser()
             await self.connect()
             while socket.connection_state is ConnectionState.OPEN:
                 data = await socket.receive()

@@ -7,6 +7,7 @@ the fix in its message instead of a server-specific error or a hang.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from enum import Enum
@@ -24,8 +25,10 @@ from .codes import CloseCode
 from .exceptions import Disconnected, InvalidMessage, InvalidState
 
 if TYPE_CHECKING:
+    from django.contrib.sessions.backends.base import SessionBase
     from django.urls import ResolverMatch
 
+    from .auth import User
     from .hub import GroupHook, _Member
 
 __all__ = ["ConnectionState", "WebSocket", "encode_json"]
@@ -67,6 +70,8 @@ class WebSocket:
         self.state = SimpleNamespace()  # free for the application's per-connection data
         self._member: _Member | None = None  # the hub's record of this socket's groups
         self._group_hook: GroupHook | None = None  # SocketView.group_message, when overridden
+        self._user: User | None = None  # resolved by auser() (tether.auth)
+        self._user_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.path!r} {self.connection_state.value}>"
@@ -108,6 +113,38 @@ class WebSocket:
     def client(self) -> tuple[str, int] | None:
         client = self.scope.get("client")
         return (str(client[0]), int(client[1])) if client else None
+
+    # -- session and user (tether.auth) ----------------------------------
+
+    @cached_property
+    def session(self) -> SessionBase:
+        """The Django session named by the session cookie (any ``SESSION_ENGINE``).
+
+        Loads lazily: read it with the async accessors (``await socket.session.aget(key)``).
+        """
+        from .auth import get_session
+
+        return get_session(self)
+
+    async def auser(self) -> User:
+        """The user behind the session cookie (``AnonymousUser`` without one), like ``request.auser()``.
+
+        Resolved once per connection without blocking the event loop; later
+        calls, and ``socket.user``, return the same object.
+        """
+        from .auth import resolve_user
+
+        return self._user if self._user is not None else await resolve_user(self)
+
+    @property
+    def user(self) -> User:
+        """The user from ``await socket.auser()``; raises ``InvalidState`` before it.
+
+        SocketView and the guards resolve it before your code runs.
+        """
+        if self._user is None:
+            raise InvalidState("socket.user is not resolved yet: call await socket.auser() first")
+        return self._user
 
     # -- handshake and closing ------------------------------------------
 
