@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import os
 import ssl
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -96,16 +99,38 @@ def test_nginx_redirects_http_and_serves_static(upstream: Server, site: Site) ->
 # -- several worker processes, one Redis ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
-    """The chat under ``uvicorn --workers 2`` with the Redis backend (TETHER_BACKEND=redis)."""
-    require_service("Redis", "127.0.0.1", 6379)
-    env = chat_env(tmp_path_factory.mktemp("chat"), settings="tests.chat_settings", TETHER_BACKEND="redis")
-    manage(env, "migrate", "--noinput")
-    server = ChatServer(env, extra_args=("--workers", "2"))
-    server.start()
-    yield server
-    server.stop()
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the chat, dropped afterwards; yields its DATABASE_URL."""
+    name = f"tether_chat_{os.getpid()}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgres://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module", params=["redis", "postgres"])
+def workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
+    """The chat under ``uvicorn --workers 2``, switched by its environment variables to
+    the Redis backend (TETHER_BACKEND=redis), or to PostgreSQL for both the database
+    (DATABASE_URL) and the backend (TETHER_BACKEND=postgres, LISTEN/NOTIFY).
+    """
+    with contextlib.ExitStack() as stack:
+        env = chat_env(tmp_path_factory.mktemp("chat"), settings="tests.chat_settings", TETHER_BACKEND=request.param)
+        if request.param == "redis":
+            require_service("Redis", "127.0.0.1", 6379)
+        else:
+            require_service("PostgreSQL", "127.0.0.1", 5432)
+            env["DATABASE_URL"] = stack.enter_context(postgres_database())
+        manage(env, "migrate", "--noinput")
+        server = ChatServer(env, extra_args=("--workers", "2"))
+        server.start()
+        stack.callback(server.stop)
+        yield server
 
 
 def parent_pid(pid: int) -> int:
@@ -142,7 +167,7 @@ async def next_of_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
 
 
 async def test_workers_chat_across_processes(workers: ChatServer) -> None:
-    """Two users whose sockets two different worker processes serve chat with each other through Redis."""
+    """Two users whose sockets two different worker processes serve chat with each other through the broker."""
     alice_cookie = session_cookie(workers.env, "alice")
     bob_cookie = session_cookie(workers.env, "bob")
     alice, alice_pid = await chat_socket(workers, alice_cookie)
@@ -168,7 +193,7 @@ async def test_workers_chat_across_processes(workers: ChatServer) -> None:
 
 
 async def test_chat_behind_nginx_over_wss(workers: ChatServer, site: Site) -> None:
-    """The documented whole: nginx (TLS) -> uvicorn workers -> Redis. The https page links a wss://
+    """The documented whole: nginx (TLS) -> uvicorn workers -> broker. The https page links a wss://
     socket, and the Origin check accepts the https origin because nginx forwards the scheme.
     """
     cookie = session_cookie(workers.env, "carol")
