@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, free_port, wait_for_port
+from tests.servers import ROOT, wait_for_port
 
 NGINX = "/usr/sbin/nginx"
 DOC = ROOT / "docs" / "deployment.md"
@@ -41,6 +42,15 @@ def require_nginx() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}; CI=true: .ci/run must install it")
     pytest.skip(f"!!! SKIPPED: {message} !!!")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (held open together while chosen, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def docs_site_config() -> str:
@@ -78,7 +88,8 @@ def make_site(directory: Path) -> Site:
     )  # fmt: skip
     static_root = directory / "static"
     static_root.mkdir()
-    return Site(directory, free_port(), free_port(), certificate, static_root)
+    http_port, https_port = free_ports(2)
+    return Site(directory, http_port, https_port, certificate, static_root)
 
 
 def site_config(site: Site, upstream_port: int, config: str | None = None) -> str:
