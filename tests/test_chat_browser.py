@@ -182,17 +182,30 @@ def test_mention_notifies_the_user_in_every_room(
     assert errors == []
 
 
-def test_pages_reconnect_after_server_restart(chat: ChatServer, alice: Page, bob: Page, errors: list[str]) -> None:
-    """After the server process restarts on the same port, both pages reconnect by themselves and chat again."""
+def test_pages_reconnect_after_server_restart(
+    browser: Browser, chat: ChatServer, alice: Page, bob: Page, errors: list[str]
+) -> None:
+    """After the server process restarts on the same port, both pages reconnect by themselves and
+    chat again; a page whose user logged out meanwhile stops retrying and says so.
+    """
+    carol_context = signed_up(browser, chat, "carol")
+    carol = open_room(carol_context, "lobby", errors)
+    logout = carol_context.new_page()
+    logout.goto("/")
+    logout.click("header form button")  # logs out; carol's open socket stays open until it closes
+    expect(logout.locator("#login")).to_be_visible()
     chat.stop()
-    for page in (alice, bob):
+    for page in (alice, bob, carol):
         expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting", timeout=WAIT)
         expect(page.locator("#text")).to_be_disabled()
     chat.start()
     for page in (alice, bob):
         expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT)
+    expect(carol.locator("#state")).to_have_attribute("data-state", "closed", timeout=WAIT)
+    expect(carol.locator("#state")).to_contain_text("signed out")
     say(bob, "back after the restart")
     expect(message(alice, "back after the restart")).to_have_count(1, timeout=WAIT)
     expect(message(alice, "hi alice")).to_have_count(1)  # the history sent again is not shown twice
-    screenshot(alice, bob, name="reconnected")
+    screenshot(alice, bob, carol, name="reconnected")
+    carol_context.close()
     assert errors == []

@@ -44,8 +44,10 @@
   function connect() {
     retryTimer = null;
     setState(attempt ? "reconnecting" : "connecting", attempt ? "attempt " + (attempt + 1) : "");
+    let opened = false;
     socket = new WebSocket(url);
     socket.addEventListener("open", function () {
+      opened = true;
       attempt = 0;
       setState("open");
     });
@@ -58,8 +60,29 @@
         setState("closed", event.code === 4401 ? "signed out: reload to log in" : "refused");
         return;
       }
-      scheduleReconnect();
+      if (opened) {
+        scheduleReconnect();
+        return;
+      }
+      // A refused handshake looks like any failure to the page (code 1006), so ask the
+      // server whether we are still signed in before retrying.
+      signedIn().then(function (yes) {
+        if (yes) scheduleReconnect();
+        else setState("closed", "signed out: reload to log in");
+      });
     });
+  }
+
+  // false when this page now redirects to the login page; true otherwise, also when the
+  // server can't be reached (it is restarting: keep trying).
+  function signedIn() {
+    return fetch(location.href, { method: "HEAD", redirect: "manual", cache: "no-store" })
+      .then(function (response) {
+        return response.type !== "opaqueredirect";
+      })
+      .catch(function () {
+        return true;
+      });
   }
 
   function scheduleReconnect() {
