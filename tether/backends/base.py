@@ -10,6 +10,9 @@ transports). Delivery is at-most-once and in publish order per publisher.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -102,3 +105,51 @@ def load_backend(deliver: Deliver | None = None) -> Backend:
         raise TypeError(f"TETHER['BACKEND'] = {path!r} is not a tether.backends.base.Backend subclass")
     backend: Backend = cls(deliver, **get_setting("OPTIONS"))
     return backend
+
+
+class _Reconnector:
+    """Backoff and one pair of log lines per outage, for a listener that reconnects to its broker.
+
+    ``listener`` names it in the log ("Redis subscriber on redis://..."); ``missed``
+    reads the backend's count of messages it published while the listener was down.
+    """
+
+    MIN_BACKOFF, MAX_BACKOFF = 0.05, 2.0  # seconds; doubling, so a restart is noticed within 2 s
+
+    def __init__(self, listener: str, missed: Callable[[], int], logger: logging.Logger) -> None:
+        self.listener = listener
+        self.missed = missed
+        self.logger = logger
+        self.count = 0  # reconnections so far
+        self.delay = self.MIN_BACKOFF
+        self.down_since: float | None = None
+        self.missed_before = 0
+
+    def lost(self, exc: BaseException) -> None:
+        """The connection failed or dropped; logs once per outage."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.missed_before = self.missed()
+            self.logger.warning("%s lost (%s); reconnecting with backoff", self.listener, exc)
+
+    def connected(self, groups: int) -> None:
+        """The listener is (again) connected and listening to ``groups`` groups."""
+        self.delay = self.MIN_BACKOFF
+        if self.down_since is None:
+            return
+        self.count += 1
+        self.logger.warning(
+            "%s reconnected after %.1fs and listens again to %d group(s); %d message(s) this process published "
+            "meanwhile were not delivered to its sockets, and what other processes published meanwhile is lost "
+            "(delivery is at-most-once)",
+            self.listener,
+            time.monotonic() - self.down_since,
+            groups,
+            self.missed() - self.missed_before,
+        )
+        self.down_since = None
+
+    async def backoff(self) -> None:
+        """Wait before the next attempt: 0.05 s, doubling up to 2 s."""
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.MAX_BACKOFF)

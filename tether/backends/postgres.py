@@ -41,14 +41,13 @@ from django.db import connections
 from psycopg import sql
 
 from ..exceptions import BackendUnavailable
-from .base import Backend, Deliver, Frame, decode_payload, encode_payload
+from .base import Backend, Deliver, Frame, _Reconnector, decode_payload, encode_payload
 
 __all__ = ["NOTIFY_LIMIT", "PostgresBackend", "channel_for"]
 
 logger = logging.getLogger("tether.backends.postgres")
 
 NOTIFY_LIMIT = 7999  # bytes: PostgreSQL refuses a NOTIFY payload of 8000 or more
-_MIN_BACKOFF, _MAX_BACKOFF = 0.05, 2.0
 _PRUNE_EVERY = 60.0  # seconds between prunes of old stored payloads
 
 
@@ -87,7 +86,7 @@ class PostgresBackend(Backend):
         self.payload_ttl = payload_ttl
         self.missed = 0  # published by this process while its listener was down
         self.failed = 0
-        self.reconnects = 0
+        self._reconnector = _Reconnector(f"PostgreSQL listener on database {database!r}", lambda: self.missed, logger)
         self._params: dict[str, Any] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None  # publishing and fetching stored payloads
         self._conn_lock = asyncio.Lock()
@@ -140,6 +139,11 @@ class PostgresBackend(Backend):
                         self.failed += 1
                         raise BackendUnavailable(f"PostgreSQL ({self.database!r}) is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the listener reconnected after losing its connection."""
+        return self._reconnector.count
 
     async def publish(self, group: str, frame: Frame) -> None:
         channel = channel_for(group)
@@ -222,9 +226,7 @@ class PostgresBackend(Backend):
         """Hold the listening connection: (re)connect, LISTEN, deliver; back off on failure."""
         await self.start()
         assert self._params is not None
-        delay = _MIN_BACKOFF
-        down_since: float | None = None
-        missed_before = 0
+        reconnector = self._reconnector
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
@@ -235,19 +237,7 @@ class PostgresBackend(Backend):
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._control)))
                 await self._apply(conn)
                 self._connected.set()
-                if down_since is not None:
-                    self.reconnects += 1
-                    logger.warning(
-                        "PostgreSQL listener reconnected to %r after %.1fs and LISTENs again on %d group(s); "
-                        "%d message(s) this process published meanwhile were not delivered to its sockets, "
-                        "and what other processes published meanwhile is lost (NOTIFY is at-most-once)",
-                        self.database,
-                        time.monotonic() - down_since,
-                        len(self._listening),
-                        self.missed - missed_before,
-                    )
-                    down_since = None
-                delay = _MIN_BACKOFF
+                reconnector.connected(len(self._listening))
                 while True:
                     if self._dirty:
                         await self._apply(conn)
@@ -259,17 +249,13 @@ class PostgresBackend(Backend):
                             else:
                                 await self._handle(notify.channel, notify.payload)
             except psycopg.Error as exc:
-                if down_since is None:
-                    down_since = time.monotonic()
-                    missed_before = self.missed
-                    logger.warning("PostgreSQL listener on %r lost (%s); reconnecting with backoff", self.database, exc)
+                reconnector.lost(exc)
             finally:
                 self._connected.clear()
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_BACKOFF)
+            await reconnector.backoff()
 
     async def _handle(self, channel: str, payload: str) -> None:
         group = self._groups.get(channel)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import redis.asyncio as redis
@@ -27,13 +26,11 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from ..exceptions import BackendUnavailable
-from .base import Backend, Deliver, Frame, decode_payload, encode_payload
+from .base import Backend, Deliver, Frame, _Reconnector, decode_payload, encode_payload
 
 __all__ = ["RedisBackend"]
 
 logger = logging.getLogger("tether.backends.redis")
-
-_MIN_BACKOFF, _MAX_BACKOFF = 0.05, 2.0
 
 
 class RedisBackend(Backend):
@@ -53,7 +50,7 @@ class RedisBackend(Backend):
         self.subscribe_timeout = subscribe_timeout
         self.missed = 0  # published by this process while its subscriber was down
         self.failed = 0  # publishes refused because Redis was unreachable
-        self.reconnects = 0
+        self._reconnector = _Reconnector(f"Redis subscriber on {url}", lambda: self.missed, logger)
         self._client: redis.Redis | None = None
         self._pubsub: Any = None  # the live PubSub, None while disconnected
         self._wanted: set[bytes] = set()
@@ -118,6 +115,11 @@ class RedisBackend(Backend):
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.unsubscribe(channel)
 
+    @property
+    def reconnects(self) -> int:
+        """How many times the listener reconnected after losing its connection."""
+        return self._reconnector.count
+
     async def publish(self, group: str, frame: Frame) -> None:
         if self._client is None:
             await self.start()
@@ -132,9 +134,7 @@ class RedisBackend(Backend):
 
     async def _listen_forever(self) -> None:
         """Hold the subscriber connection: (re)connect, resubscribe, deliver; back off on failure."""
-        delay = _MIN_BACKOFF
-        down_since: float | None = None
-        missed_before = 0
+        reconnector = self._reconnector
         while True:
             assert self._client is not None
             pubsub: Any = self._client.pubsub()
@@ -144,35 +144,19 @@ class RedisBackend(Backend):
                     await pubsub.subscribe(*self._wanted)
                 self._pubsub = pubsub
                 self._connected.set()
-                if down_since is not None:
-                    self.reconnects += 1
-                    logger.warning(
-                        "Redis subscriber reconnected to %s after %.1fs and resubscribed to %d group(s); "
-                        "%d message(s) this process published meanwhile were not delivered to its sockets, "
-                        "and what other processes published meanwhile is lost (pub/sub is at-most-once)",
-                        self.url,
-                        time.monotonic() - down_since,
-                        len(self._wanted),
-                        self.missed - missed_before,
-                    )
-                    down_since = None
-                delay = _MIN_BACKOFF
+                reconnector.connected(len(self._wanted))
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None:
                         self._handle(message)
             except (RedisError, OSError) as exc:
-                if down_since is None:
-                    down_since = time.monotonic()
-                    missed_before = self.missed
-                    logger.warning("Redis subscriber lost %s (%s); reconnecting with backoff", self.url, exc)
+                reconnector.lost(exc)
             finally:
                 self._pubsub = None
                 self._connected.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_BACKOFF)
+            await reconnector.backoff()
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
