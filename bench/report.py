@@ -48,7 +48,7 @@ def summarize(data: Data) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
     """scenario -> app -> size -> medians (plus min/max of the main figure, ``rate``)."""
     out: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     for scenario, apps in data.items():
-        keys = ["rate", "server_cpu", "client_cpu"] + [k for k, _, _ in SCENARIO_INFO[scenario]["extra"]]
+        keys = ["rate", "server_cpu", "client_cpu", "server_wait"] + [k for k, _, _ in SCENARIO_INFO[scenario]["extra"]]
         for app, sizes in apps.items():
             for size, rows in sizes.items():
                 rates = [r["rate"] for r in rows if r.get("rate") is not None]
@@ -181,7 +181,9 @@ def write_report(plan: str, meta: dict[str, Any], data: Data, skipped: dict[str,
         "are the share of one core each process used over the measured window: the client must stay "
         "well below 100% for the figure to measure the server. *per server CPU-s* divides the figure by the "
         "server's CPU share: on a busy machine a process waits for its core, which lowers throughput but "
-        "not the work done per CPU-second, so that column is the steadier comparison.",
+        "not the work done per CPU-second, so that column is the steadier comparison. *server waited* is "
+        "the share of the window the server was ready to run but its core was busy with other processes "
+        "(`/proc/<pid>/schedstat`): high values mean a noisy machine.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
@@ -195,9 +197,9 @@ def write_report(plan: str, meta: dict[str, Any], data: Data, skipped: dict[str,
         lines += [f"## {info['title']}", "", _DESCRIPTIONS[scenario], ""]
         extra_cols = "".join(f" {label} |" for _, label, _ in info["extra"])
         lines.append(f"| {info['size']} | app | {info['unit']} (min-max) |{extra_cols} x {base_raw} | "
-                     f"x {base_channels} | server CPU | client CPU | per server CPU-s | x {base_raw} per CPU-s | "
+                     f"x {base_channels} | server CPU | server waited | client CPU | per server CPU-s | x {base_raw} per CPU-s | "
                      f"x {base_channels} per CPU-s |")  # fmt: skip
-        lines.append("|---" * (10 + len(info["extra"])) + "|")
+        lines.append("|---" * (11 + len(info["extra"])) + "|")
         for size in sorted({s for cells in summary.values() for s in cells}):
             for app, cells in summary.items():
                 cell = cells.get(size)
@@ -212,6 +214,7 @@ def write_report(plan: str, meta: dict[str, Any], data: Data, skipped: dict[str,
                     f"| {size} | {app} | {value} |{extras} {_fmt(ratio(summary, app, base_raw, size), '{:.2f}')} | "
                     f"{_fmt(ratio(summary, app, base_channels, size), '{:.2f}')} | "
                     f"{_fmt(cell['server_cpu'] and cell['server_cpu'] * 100, '{:.0f}%')} | "
+                    f"{_fmt(cell['server_wait'] and cell['server_wait'] * 100, '{:.0f}%')} | "
                     f"{_fmt(cell['client_cpu'] and cell['client_cpu'] * 100, '{:.0f}%')} | "
                     f"{_fmt(cell['per_cpu'], _rate_spec(cell['per_cpu']))} | "
                     f"{_fmt(ratio(summary, app, base_raw, size, 'per_cpu'), '{:.2f}')} | "

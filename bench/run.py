@@ -95,6 +95,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def wait_seconds(pid: int) -> float:
+    """Time the main thread of ``pid`` has spent runnable but waiting for a CPU (other processes had it)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
@@ -218,12 +226,17 @@ def client(mode: str, servers: list[Server], args: dict[str, Any], on_ready: Any
     )
     assert process.stdout is not None and process.stdin is not None
     result: dict[str, Any] = {}
-    marks: dict[str, tuple[float, float, float]] = {}
+    marks: dict[str, tuple[float, float, float, float]] = {}
     extra: dict[str, Any] = {}
     for line in process.stdout:
         word, _, rest = line.strip().partition(" ")
         if word in ("START", "STOP"):
-            marks[word] = (time.monotonic(), sum(cpu_seconds(s.pid) for s in servers), cpu_seconds(process.pid))
+            marks[word] = (
+                time.monotonic(),
+                sum(cpu_seconds(s.pid) for s in servers),
+                cpu_seconds(process.pid),
+                sum(wait_seconds(s.pid) for s in servers),
+            )
         elif word == "READY" and on_ready is not None:
             extra = on_ready(process) or {}
         elif word == "RESULT":
@@ -234,10 +247,11 @@ def client(mode: str, servers: list[Server], args: dict[str, Any], on_ready: Any
         logs = "\n".join(s.log.read_text(errors="replace")[-2000:] for s in servers)
         raise RuntimeError(f"load.js {mode} failed ({process.returncode}): {stderr}\nserver log:\n{logs}")
     if "START" in marks and "STOP" in marks:
-        (t0, s0, c0), (t1, s1, c1) = marks["START"], marks["STOP"]
+        (t0, s0, c0, w0), (t1, s1, c1, w1) = marks["START"], marks["STOP"]
         wall = max(t1 - t0, 1e-9)
         result["server_cpu"] = (s1 - s0) / wall  # 1.0 = one core busy all the window
         result["client_cpu"] = (c1 - c0) / wall
+        result["server_wait"] = (w1 - w0) / wall  # ready to run, but the core was taken
     result.update(extra)
     return result
 
