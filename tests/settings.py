@@ -1,5 +1,6 @@
 """Settings for tether's own test suite (SQLite by default; PostgreSQL as the "pg" alias)."""
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -63,3 +64,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"tether": {"handlers": ["console"], "level": "INFO"}},
 }
+
+# Real-server tests pass TETHER settings to the server process as JSON.
+TETHER = json.loads(os.environ.get("TETHER_TEST_SETTINGS", "{}"))

@@ -3,7 +3,7 @@ from django.urls import include, path
 
 from tether.urls import re_websocket, websocket
 
-from .testapp import sockets
+from .testapp import group_sockets, sockets
 
 chat_patterns = (
     [
@@ -26,6 +26,21 @@ urlpatterns = [
     websocket("ws/text/", sockets.TextOnly.as_handler(), name="text"),
     websocket("ws/silent/", sockets.Silent.as_handler(), name="silent"),
     websocket("ws/notes/<slug:room>/", sockets.Notes.as_handler(), name="notes"),
+    websocket("ws/orm/", sockets.orm_counts, name="orm"),
+    websocket("ws/any/", sockets.echo_any, name="any"),
     re_websocket(r"^ws/re/(?P<code>[0-9]{3})/$", sockets.info, name="re-info"),
     path("ws/chat/", include(chat_patterns)),
+    websocket("ws/group/<str:group>/", group_sockets.GroupMember.as_handler(), name="group"),
+    websocket("ws/censored/<str:group>/", group_sockets.Censored.as_handler(), name="censored"),
+    websocket("ws/broken-hook/<str:group>/", group_sockets.BrokenHook.as_handler(), name="broken-hook"),
+    websocket("ws/early/<str:group>/", group_sockets.early_joiner, name="early"),
+    websocket("ws/auth/whoami/", sockets.whoami, name="whoami"),
+    websocket("ws/auth/private/", sockets.private, name="private"),
+    websocket("ws/auth/post/", sockets.post_message, name="post-message"),
+    websocket("ws/auth/staff/", sockets.staff_only, name="staff"),
+    websocket("ws/auth/token/", sockets.token_only, name="token"),
+    websocket("ws/auth/members/", sockets.Members.as_handler(), name="members"),
+    websocket("ws/auth/editors/", sockets.Editors.as_handler(), name="editors"),
+    websocket("ws/auth/who/", sockets.WhoView.as_handler(), name="who"),
+    websocket("ws/echo-view/", sockets.EchoView.as_handler(), name="echo-view"),
 ]

@@ -1,7 +1,9 @@
 """django-tether: real-time WebSockets for Django on plain ASGI."""
 
+from .auth import login_required, permission_required, require
 from .codes import CloseCode
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState, TetherError
+from .hub import broadcast, broadcast_on_commit, broadcast_sync, user_group
 from .views import SocketView
 from .websocket import ConnectionState, WebSocket
 
@@ -16,6 +18,13 @@ __all__ = [
     "SocketView",
     "TetherError",
     "WebSocket",
+    "broadcast",
+    "broadcast_on_commit",
+    "broadcast_sync",
+    "login_required",
+    "permission_required",
+    "require",
+    "user_group",
 ]
 
 __version__ = "0.1.0"

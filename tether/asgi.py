@@ -15,6 +15,7 @@ from django.core.handlers.asgi import ASGIHandler
 
 from ._types import Receive, Scope, Send
 from .codes import CloseCode
+from .hub import get_hub, stop_hub
 from .routing import WebSocketRouter
 
 __all__ = ["TetherASGIHandler", "get_asgi_application"]
@@ -41,7 +42,8 @@ class TetherASGIHandler:
             raise ValueError(f"tether can't serve ASGI scope type {kind!r}")
 
     async def startup(self) -> None:
-        """Run at server start, before any connection is served."""
+        """Run at server start, before any connection is served: starts the hub and its backend."""
+        await get_hub()
 
     async def shutdown(self) -> None:
         """Close the sockets still open with 1001 (going away) so clients reconnect elsewhere."""
@@ -49,6 +51,7 @@ class TetherASGIHandler:
         await self.websocket.close_all(CloseCode.GOING_AWAY)
         if count:
             logger.info("Closed %d open websocket(s) with %d at shutdown", count, CloseCode.GOING_AWAY)
+        await stop_hub()
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -75,4 +78,8 @@ class TetherASGIHandler:
 def get_asgi_application() -> TetherASGIHandler:
     """Set up Django and return the project's ASGI application (use in ``asgi.py``)."""
     django.setup(set_prefix=False)
+    from .checks import check_installed
+
+    for message in check_installed():  # a check that can't be registered when tether isn't installed
+        logging.getLogger("tether.checks").warning("%s", message)
     return TetherASGIHandler()

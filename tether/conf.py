@@ -12,6 +12,33 @@ DEFAULTS: dict[str, Any] = {
     "BACKEND": "tether.backends.memory.MemoryBackend",
     "OPTIONS": {},
     "URLCONF": None,  # None: ROOT_URLCONF
+    # Outbound messages queued per socket before OVERFLOW applies. A queue holds references to
+    # frames shared by all members, so a thousand costs little and absorbs a burst.
+    "QUEUE_SIZE": 1000,
+    "OVERFLOW": "close",  # or "drop_oldest", "drop_newest" (see tether.hub)
+    # -- Origin check (tether.security) --
+    # Refuse handshakes whose Origin matches neither ALLOWED_HOSTS nor CSRF_TRUSTED_ORIGINS:
+    # the defence against Cross-Site WebSocket Hijacking. Turn off only behind a proxy that checks it.
+    "CHECK_ORIGIN": True,
+    # Extra origins allowed to connect, written like CSRF_TRUSTED_ORIGINS ("https://app.example.com",
+    # "https://*.example.com").
+    "ALLOWED_ORIGINS": [],
+    # Handshakes with no Origin header come from non-browser clients (scripts, mobile apps, servers).
+    # Only browsers send ambient cookies, and browsers always send Origin, so allowing these is safe.
+    "ALLOW_NO_ORIGIN": True,
+    # -- Limits (tether.limits), enforced by tether whatever the server's own settings --
+    # Largest inbound message in bytes (UTF-8 for text); larger closes with 1009. None: no limit.
+    "MAX_MESSAGE_SIZE": 1024 * 1024,
+    # Sustained inbound messages per second per connection (token bucket); more closes with 1008.
+    # None (the default): no rate limit.
+    "MESSAGE_RATE": None,
+    # Bucket size of the rate limit: how many messages may arrive at once. None: 2 x MESSAGE_RATE (>= 1).
+    "MESSAGE_BURST": None,
+    # Seconds without an inbound message before the socket is closed with 4408. None (default): never,
+    # since push-only sockets legitimately stay silent for hours.
+    "IDLE_TIMEOUT": None,
+    # Seconds the application waits for the server's websocket.connect event. None: forever.
+    "HANDSHAKE_TIMEOUT": 10.0,
 }
 
 

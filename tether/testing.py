@@ -19,13 +19,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
 from .codes import CloseCode
 from .exceptions import Disconnected
 
-__all__ = ["Rejected", "WebSocketTestClient", "connect", "get_application"]
+__all__ = ["Rejected", "WebSocketTestClient", "connect", "get_application", "session_cookie"]
 
 _application: Any = None
 
@@ -43,8 +44,9 @@ def get_application() -> Any:
 class Rejected(Exception):
     """The application refused the handshake.
 
-    ``code`` is the close code it sent (servers turn it into HTTP 403), or None
-    when it answered with an HTTP response (``status``, ``body``).
+    ``code`` is the close code it sent (servers turn it into HTTP 403); when it
+    answered with an HTTP response (``status``, ``body``) instead, ``code`` is
+    the one tether wrote at the start of the body ("4401 login required"), or None.
     """
 
     def __init__(self, code: int | None, reason: str = "", status: int = 403, body: bytes = b"") -> None:
@@ -84,7 +86,8 @@ class WebSocketTestClient:
     async def _next(self) -> dict[str, Any]:
         """The app's next message, or the app's own exception, within ``timeout``."""
         if self._from_app.empty() and self._task.done():
-            self._task.result()  # raises what escaped the application
+            if not self._task.cancelled():
+                self._task.result()  # raises what escaped the application
             self._raise_app_exception()
             raise AssertionError("the application finished without closing the socket")
         getter = asyncio.ensure_future(self._from_app.get())
@@ -116,7 +119,8 @@ class WebSocketTestClient:
                 if not part.get("more_body"):
                     break
             await self._finish()
-            raise Rejected(None, status=int(message["status"]), body=body)
+            head = body.split(b" ", 1)[0]  # tether's refusals start their body with the close code
+            raise Rejected(int(head) if head.isdigit() else None, status=int(message["status"]), body=body)
         raise AssertionError(f"unexpected handshake answer {kind!r}")
 
     # -- talking to the application -----------------------------------------
@@ -188,11 +192,31 @@ class WebSocketTestClient:
             await self._to_app.put(
                 {"type": "websocket.disconnect", "code": self.close_code or CloseCode.NORMAL_CLOSURE}
             )
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), self.timeout)
-        except TimeoutError:
+        done, _ = await asyncio.wait({self._task}, timeout=self.timeout)
+        if not done:
             self._task.cancel()
-            raise TimeoutError(f"the handler did not return within {self.timeout}s of the disconnect") from None
+            raise TimeoutError(f"the handler did not return within {self.timeout}s of the disconnect")
+        escaped = None if self._task.cancelled() else self._task.exception()
+        if escaped is not None:
+            raise escaped  # it escaped the application entirely
+
+
+async def session_cookie(user: Any, backend: str | None = None) -> str:
+    """A ``Cookie`` header value holding a fresh session logged in as ``user``.
+
+    The session is saved through the configured ``SESSION_ENGINE`` with
+    ``django.contrib.auth.alogin``, so signals fire as for a real login.
+    """
+    from django.conf import settings
+    from django.contrib.auth import alogin
+    from django.http import HttpRequest
+
+    engine = import_module(settings.SESSION_ENGINE)
+    request = HttpRequest()
+    request.session = engine.SessionStore()
+    await alogin(request, user, backend or getattr(user, "backend", None) or settings.AUTHENTICATION_BACKENDS[0])
+    await request.session.asave()
+    return f"{settings.SESSION_COOKIE_NAME}={request.session.session_key}"
 
 
 @asynccontextmanager
@@ -207,14 +231,25 @@ async def connect(
     timeout: float = 3.0,
     raise_app_exceptions: bool = True,
     scope: Mapping[str, Any] | None = None,
+    user: Any = None,
+    origin: str | None = None,
 ) -> AsyncIterator[WebSocketTestClient]:
     """Open a WebSocket to ``path`` ("/ws/chat/lobby/?x=1") on the application, in-process.
 
+    ``user`` logs that user in: a real session is saved through the configured
+    ``SESSION_ENGINE`` (as ``Client.force_login()`` does) and its cookie sent.
+    ``origin`` sets the ``Origin`` header, as a browser would.
     Raises ``Rejected`` if the handshake is refused. On exit the client
     disconnects (code 1000) and waits for the handler to return.
     """
     parts = urlsplit(path)
-    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    pairs = list(headers.items() if isinstance(headers, Mapping) else (headers or ()))
+    if origin is not None:
+        pairs.append(("origin", origin))
+    if user is not None and user.is_authenticated:
+        others = [value for name, value in pairs if name.lower() == "cookie"]
+        pairs = [(name, value) for name, value in pairs if name.lower() != "cookie"]
+        pairs.append(("cookie", "; ".join([*others, await session_cookie(user)])))
     raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
     if not any(name == b"host" for name, _ in raw_headers):
         raw_headers.insert(0, (b"host", b"testserver"))

@@ -8,13 +8,19 @@ Override hooks, not loops: ``connect()`` decides the handshake, ``receive()`` /
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from .auth import Guard, run_guards
+from .backends.base import Frame
 from .codes import CloseCode
 from .exceptions import InvalidMessage
+from .hub import broadcast
 from .routing import close_for_exception
 from .urls import Handler
 from .websocket import ConnectionState, WebSocket, decode_json
+
+if TYPE_CHECKING:
+    from .auth import User
 
 __all__ = ["SocketView"]
 
@@ -30,11 +36,14 @@ class SocketView:
     """
 
     http_method_names: ClassVar[list[str]] = []  # keeps Django's admindocs and friends quiet
+    guards: ClassVar[tuple[Guard, ...]] = ()  # run by as_handler() before the view exists (@login_required adds)
 
     def __init__(self, socket: WebSocket, **initkwargs: Any) -> None:
         self.socket = socket
         for key, value in initkwargs.items():
             setattr(self, key, value)
+        if type(self).group_message is not SocketView.group_message:
+            socket._group_hook = self.group_message  # the default costs nothing per delivery
 
     @classmethod
     def as_handler(cls, **initkwargs: Any) -> Handler:
@@ -44,6 +53,8 @@ class SocketView:
                 raise TypeError(f"{cls.__name__}.as_handler() got {key!r}, which is not an attribute of the class")
 
         async def handler(socket: WebSocket) -> None:
+            if cls.guards and not await run_guards(socket, cls.guards):
+                return  # refused: the view never existed, so no connect() and no disconnect()
             await cls(socket, **initkwargs).dispatch()
 
         handler.view_class = cls  # type: ignore[attr-defined]
@@ -63,6 +74,11 @@ class SocketView:
     def kwargs(self) -> dict[str, Any]:
         return self.socket.kwargs
 
+    @property
+    def user(self) -> User:
+        """The connection's user (``AnonymousUser`` when not logged in), resolved before ``connect()``."""
+        return self.socket.user
+
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         await self.socket.accept(subprotocol, headers)
 
@@ -77,6 +93,31 @@ class SocketView:
 
     async def send_json(self, data: Any) -> None:
         await self.socket.send_json(data)
+
+    # -- groups ------------------------------------------------------------
+
+    async def join(self, group: str) -> None:
+        """Receive ``group``'s broadcasts (see ``WebSocket.join``); idempotent."""
+        await self.socket.join(group)
+
+    async def leave(self, group: str) -> None:
+        """Stop receiving ``group``'s broadcasts; idempotent."""
+        await self.socket.leave(group)
+
+    async def broadcast(self, group: str, data: Any) -> None:
+        """Send ``data`` to every socket in ``group``, in every process (``tether.broadcast``)."""
+        await broadcast(group, data)
+
+    async def group_message(self, group: str, message: Frame) -> Frame | None:
+        """Called for each group message before it is sent to this connection.
+
+        ``message`` is the frame as broadcast: ``str`` (JSON messages arrive as
+        their encoded text) or ``bytes``. Return what to send, or None to skip
+        it for this connection. The default sends it as is. Runs in the
+        socket's writer, so a slow hook delays only this socket; if it raises,
+        the socket closes with 1011.
+        """
+        return message
 
     # -- hooks -----------------------------------------------------------
 
@@ -105,6 +146,7 @@ class SocketView:
         """Run the hooks for one connection; returns when it is closed."""
         socket = self.socket
         try:
+            await socket.auser()
             await self.connect()
             while socket.connection_state is ConnectionState.OPEN:
                 data = await socket.receive()

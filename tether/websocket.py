@@ -7,6 +7,7 @@ the fix in its message instead of a server-specific error or a hang.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from enum import Enum
@@ -24,7 +25,11 @@ from .codes import CloseCode
 from .exceptions import Disconnected, InvalidMessage, InvalidState
 
 if TYPE_CHECKING:
+    from django.contrib.sessions.backends.base import SessionBase
     from django.urls import ResolverMatch
+
+    from .auth import User
+    from .hub import GroupHook, _Member
 
 __all__ = ["ConnectionState", "WebSocket", "encode_json"]
 
@@ -63,6 +68,10 @@ class WebSocket:
         self._peer_closed = False  # the client closed first: later calls raise Disconnected again
         self.resolver_match: ResolverMatch | None = None
         self.state = SimpleNamespace()  # free for the application's per-connection data
+        self._member: _Member | None = None  # the hub's record of this socket's groups
+        self._group_hook: GroupHook | None = None  # SocketView.group_message, when overridden
+        self._user: User | None = None  # resolved by auser() (tether.auth)
+        self._user_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.path!r} {self.connection_state.value}>"
@@ -105,6 +114,38 @@ class WebSocket:
         client = self.scope.get("client")
         return (str(client[0]), int(client[1])) if client else None
 
+    # -- session and user (tether.auth) ----------------------------------
+
+    @cached_property
+    def session(self) -> SessionBase:
+        """The Django session named by the session cookie (any ``SESSION_ENGINE``).
+
+        Loads lazily: read it with the async accessors (``await socket.session.aget(key)``).
+        """
+        from .auth import get_session
+
+        return get_session(self)
+
+    async def auser(self) -> User:
+        """The user behind the session cookie (``AnonymousUser`` without one), like ``request.auser()``.
+
+        Resolved once per connection without blocking the event loop; later
+        calls, and ``socket.user``, return the same object.
+        """
+        from .auth import resolve_user
+
+        return self._user if self._user is not None else await resolve_user(self)
+
+    @property
+    def user(self) -> User:
+        """The user from ``await socket.auser()``; raises ``InvalidState`` before it.
+
+        SocketView and the guards resolve it before your code runs.
+        """
+        if self._user is None:
+            raise InvalidState("socket.user is not resolved yet: call await socket.auser() first")
+        return self._user
+
     # -- handshake and closing ------------------------------------------
 
     async def _await_connect(self) -> None:
@@ -146,6 +187,8 @@ class WebSocket:
         }
         await self._send(message)
         self.connection_state = ConnectionState.OPEN
+        if self._member is not None:
+            self._member.wake()  # group messages that arrived before accept() go out now
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection, or refuse it if not yet accepted (the server answers 403).
@@ -175,6 +218,32 @@ class WebSocket:
             self._peer_closed = True
             self.close_code = int(message.get("code") or CloseCode.ABNORMAL_CLOSURE)
             self.close_reason = str(message.get("reason") or "")
+
+    # -- groups ---------------------------------------------------------
+
+    async def join(self, group: str) -> None:
+        """Receive what is broadcast to ``group`` from now on. Idempotent.
+
+        Raises ``InvalidGroup`` for a bad name, ``InvalidState`` on a closed
+        socket. Membership ends by itself when the socket closes. Joining
+        before ``accept()`` is allowed: messages wait for the handshake.
+        """
+        from .hub import get_hub
+
+        await (await get_hub()).join(self, group)
+
+    async def leave(self, group: str) -> None:
+        """Stop receiving ``group``'s messages. Idempotent; raises ``InvalidGroup`` for a bad name."""
+        from .hub import validate_group
+
+        validate_group(group)
+        if self._member is not None:
+            await self._member.hub.leave(self, group)
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this socket is in."""
+        return frozenset(self._member.groups) if self._member is not None else frozenset()
 
     # -- receiving ------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tether import InvalidMessage, SocketView, WebSocket
+from tether import InvalidMessage, SocketView, WebSocket, login_required, permission_required, require
 
 from .models import Message
 
@@ -117,3 +117,110 @@ class Notes(SocketView):
         texts = [m.text async for m in Message.objects.using(self.using).filter(room=self.kwargs["room"])]
         count = await Message.objects.using(self.using).acount()
         await self.send_json({"texts": texts, "count": count})
+
+
+async def orm_counts(socket: WebSocket) -> None:
+    """Counts rows two ways: sync_to_async around sync ORM code, and (wrongly) sync ORM directly."""
+    from asgiref.sync import sync_to_async
+
+    using = socket.query_params.get("db", "default")
+    await socket.accept()
+    async for command in socket.iter_text():
+        if command == "wrapped":
+            count = await sync_to_async(lambda: Message.objects.using(using).count())()
+            await socket.send_json({"count": count})
+        else:
+            Message.objects.using(using).count()  # raises SynchronousOnlyOperation in async code
+
+
+async def echo_any(socket: WebSocket) -> None:
+    """Echoes text as text and binary as binary (what the Autobahn testsuite expects)."""
+    await socket.accept()
+    while True:
+        data = await socket.receive()
+        if isinstance(data, str):
+            await socket.send_text(data)
+        else:
+            await socket.send_bytes(data)
+
+
+# -- auth, guards and limits (tests/test_auth.py, test_security.py, test_limits.py) --
+
+
+async def whoami(socket: WebSocket) -> None:
+    """Reports the user and a session value, then echoes text."""
+    user = await socket.auser()
+    await socket.accept()
+    color = await socket.session.aget("color")
+    await socket.send_json({"user": user.get_username() or None, "same": socket.user is user, "color": color})
+    async for text in socket.iter_text():
+        await socket.send_text(text)
+
+
+private = login_required(whoami)
+
+
+@permission_required("testapp.add_message")
+async def post_message(socket: WebSocket) -> None:
+    await socket.accept()
+    await socket.send_json({"user": socket.user.get_username()})
+    await socket.receive()
+
+
+@require(lambda socket: socket.user.is_staff)
+async def staff_only(socket: WebSocket) -> None:
+    await socket.accept()
+    await socket.send_text("staff")
+    await socket.receive()
+
+
+async def _has_token(socket: WebSocket) -> bool:
+    return socket.query_params.get("token") == "sesame"
+
+
+@require(_has_token, code=4418, reason="bad token")
+async def token_only(socket: WebSocket) -> None:
+    await socket.accept()
+    await socket.send_text("in")
+    await socket.receive()
+
+
+@login_required
+class Members(SocketView):
+    """A members-only room: greets self.user, counts connect() and disconnect() calls."""
+
+    calls: list[str] = []
+
+    async def connect(self) -> None:
+        type(self).calls.append("connect")
+        await self.accept()
+        await self.send_json({"hello": self.user.get_username()})
+
+    async def receive_json(self, data: Any) -> None:
+        await self.send_json(data)
+
+    async def disconnect(self, code: int) -> None:
+        type(self).calls.append(f"disconnect {code}")
+
+
+@permission_required("testapp.change_message")
+class Editors(Members):
+    """Members who may also edit: guards stack on subclasses, the parent keeps its own."""
+
+
+class WhoView(SocketView):
+    """Unguarded: self.user is resolved before connect() (AnonymousUser when not logged in)."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.send_json({"user": self.user.get_username() or None, "auth": self.user.is_authenticated})
+
+
+class EchoView(SocketView):
+    """Echoes JSON and bytes: the fuzz target."""
+
+    async def receive_json(self, data: Any) -> None:
+        await self.send_json(data)
+
+    async def receive_bytes(self, data: bytes) -> None:
+        await self.send_bytes(data)

@@ -1,0 +1,168 @@
+"""System checks: each one triggered by its trap and silent without it."""
+
+from __future__ import annotations
+
+import logging
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from tether import checks
+
+
+def _ids(messages: list[Any]) -> list[str]:
+    return [message.id for message in messages]
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *missing: str) -> None:
+    """Make find_spec report ``missing`` packages as not installed (only for tether.checks)."""
+    real = checks._find_spec
+
+    def find_spec(name: str) -> ModuleSpec | None:
+        return None if name in missing else real(name)
+
+    monkeypatch.setattr(checks, "_find_spec", find_spec)
+
+
+def test_uvicorn_without_websocket_library_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """E001: uvicorn with neither websockets nor wsproto names uvicorn[standard]."""
+    _without(monkeypatch, "websockets", "wsproto")
+    [error] = checks.check_websocket_server()
+    assert error.id == "tether.E001" and "pip install 'uvicorn[standard]'" in error.msg
+
+
+def test_uvicorn_with_one_websocket_library_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """E001 stays silent with wsproto alone, and without uvicorn at all."""
+    _without(monkeypatch, "websockets")
+    assert checks.check_websocket_server() == []
+    _without(monkeypatch, "uvicorn", "websockets", "wsproto")
+    assert checks.check_websocket_server() == []
+
+
+@pytest.mark.parametrize("shadow", ["websockets.py", "websockets/__init__.py"])
+def test_local_websockets_module_is_an_error(shadow: str, tmp_path: Path) -> None:
+    """E002: a websockets.py or websockets/ package in BASE_DIR shadows the library."""
+    (tmp_path / shadow).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / shadow).write_text("# my experiments\n")
+    with override_settings(BASE_DIR=tmp_path):
+        [error] = checks.check_websockets_shadowing()
+    assert error.id == "tether.E002" and str(tmp_path / shadow) in error.msg and "rename" in error.msg
+
+
+def test_no_local_websockets_module_passes(tmp_path: Path) -> None:
+    """E002 stays silent for a clean project, and for a data directory named websockets/ (no __init__)."""
+    (tmp_path / "websockets").mkdir()
+    (tmp_path / "websockets" / "notes.txt").write_text("not a package")
+    with override_settings(BASE_DIR=tmp_path):
+        assert checks.check_websockets_shadowing() == []
+
+
+def test_tether_not_installed_is_logged_at_startup(caplog: pytest.LogCaptureFixture) -> None:
+    """W003: get_asgi_application() without tether in INSTALLED_APPS logs the fix."""
+    from tether.asgi import get_asgi_application
+
+    installed = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions", "tests.testapp"]
+    with override_settings(INSTALLED_APPS=installed):
+        [warning] = checks.check_installed()
+        get_asgi_application()
+    assert warning.id == "tether.W003" and 'add "tether" to INSTALLED_APPS' in warning.msg
+    assert any(r.name == "tether.checks" and "tether.W003" in r.getMessage() for r in caplog.records)
+
+
+def test_tether_installed_passes(caplog: pytest.LogCaptureFixture) -> None:
+    """W003 stays silent when tether is installed (the test settings)."""
+    from tether.asgi import get_asgi_application
+
+    assert checks.check_installed() == []
+    with caplog.at_level(logging.WARNING, "tether.checks"):
+        get_asgi_application()
+    assert not [r for r in caplog.records if r.name == "tether.checks"]
+
+
+def test_asgi_module_without_tether_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W004: the stock asgi.py beside WSGI_APPLICATION's module, not using tether, is named."""
+    project = tmp_path / "stockproject"
+    project.mkdir()
+    (project / "__init__.py").write_text("")
+    (project / "asgi.py").write_text(
+        "from django.core.asgi import get_asgi_application\napplication = get_asgi_application()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with override_settings(WSGI_APPLICATION="stockproject.wsgi.application"):
+        [warning] = checks.check_asgi_module()
+    assert warning.id == "tether.W004" and str(project / "asgi.py") in warning.msg
+    assert "from tether.asgi import get_asgi_application" in warning.msg
+
+
+def test_asgi_module_using_tether_passes() -> None:
+    """W004 stays silent for an asgi.py that uses tether, and for a project without one."""
+    with override_settings(ASGI_APPLICATION="tests.asgi.application"):
+        assert checks.check_asgi_module() == []
+    with override_settings(WSGI_APPLICATION="nosuchproject.wsgi.application"):
+        assert checks.check_asgi_module() == []
+
+
+def test_unknown_tether_setting_is_a_warning() -> None:
+    """W005: a misspelt TETHER key is named."""
+    with override_settings(TETHER={"MAX_MESAGE_SIZE": 10}):
+        [warning] = checks.check_settings_keys()
+    assert warning.id == "tether.W005" and "'MAX_MESAGE_SIZE'" in warning.msg
+
+
+def test_known_tether_settings_pass() -> None:
+    """W005 stays silent for documented keys."""
+    with override_settings(TETHER={"MAX_MESSAGE_SIZE": 10, "CHECK_ORIGIN": True}):
+        assert checks.check_settings_keys() == []
+
+
+def test_memory_backend_without_debug_is_a_deploy_warning() -> None:
+    """W010: check --deploy flags the memory backend with DEBUG off; plain check does not run it."""
+    with override_settings(DEBUG=False, TETHER={}):
+        assert "tether.W010" in _ids(run_checks(tags=["tether"], include_deployment_checks=True))
+        assert "tether.W010" not in _ids(run_checks(tags=["tether"]))
+
+
+def test_memory_backend_with_debug_or_another_backend_passes() -> None:
+    """W010 stays silent with DEBUG on or with a shared backend."""
+    with override_settings(DEBUG=True):
+        assert checks.check_memory_backend_in_deployment() == []
+    with override_settings(DEBUG=False, TETHER={"BACKEND": "tether.backends.redis.RedisBackend"}):
+        assert checks.check_memory_backend_in_deployment() == []
+
+
+def test_origin_check_disabled_is_a_deploy_warning() -> None:
+    """W011: check --deploy flags CHECK_ORIGIN False."""
+    with override_settings(TETHER={"CHECK_ORIGIN": False}):
+        assert "tether.W011" in _ids(run_checks(tags=["tether"], include_deployment_checks=True))
+
+
+def test_origin_check_enabled_passes() -> None:
+    """W011 stays silent with the default."""
+    assert checks.check_origin_checking() == []
+
+
+def test_the_test_settings_pass_every_non_deploy_check() -> None:
+    """The suite's own project triggers no tether check (all registered through TetherConfig.ready())."""
+    assert _ids(run_checks(tags=["tether"])) == []
+
+
+def test_w006_staticfiles_before_tether() -> None:
+    """W006: staticfiles listed before tether takes runserver away from tether."""
+    from tether.checks import check_runserver_order
+
+    with override_settings(INSTALLED_APPS=["django.contrib.staticfiles", "tether"]):
+        [warning] = check_runserver_order()
+    assert warning.id == "tether.W006" and "move 'tether' above it" in warning.msg
+
+
+def test_w006_silent_when_tether_comes_first() -> None:
+    """W006 stays silent with tether first, or without staticfiles."""
+    from tether.checks import check_runserver_order
+
+    with override_settings(INSTALLED_APPS=["tether", "django.contrib.staticfiles"]):
+        assert check_runserver_order() == []
+    assert check_runserver_order() == []

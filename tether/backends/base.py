@@ -1,0 +1,104 @@
+"""The one interface every broadcast backend implements.
+
+A backend carries encoded frames between processes: ``publish(group, frame)``
+sends one, and every process subscribed to ``group`` gets it back through the
+``deliver(group, frame)`` callable its hub handed to the constructor. A frame
+is ``str`` (a text frame) or ``bytes`` (a binary frame); backends keep that
+kind across the wire (``encode_payload``/``decode_payload`` do it for bytes
+transports). Delivery is at-most-once and in publish order per publisher.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+from ..conf import get_setting
+
+__all__ = ["Backend", "Deliver", "Frame", "decode_payload", "encode_payload", "load_backend"]
+
+Frame = str | bytes
+Deliver = Callable[[str, Frame], None]
+
+_TEXT, _BINARY = b"t", b"b"
+
+
+def encode_payload(frame: Frame) -> bytes:
+    """``frame`` as bytes on the wire: one kind byte (``t`` text, ``b`` binary), then the data."""
+    if isinstance(frame, str):
+        return _TEXT + frame.encode()
+    return _BINARY + frame
+
+
+def decode_payload(payload: bytes) -> Frame:
+    """The frame ``encode_payload`` made; raises ``ValueError`` on a payload of unknown kind."""
+    kind, data = payload[:1], payload[1:]
+    if kind == _TEXT:
+        return data.decode()
+    if kind == _BINARY:
+        return bytes(data)
+    raise ValueError(f"not a tether payload (kind byte {kind!r})")
+
+
+def _no_delivery(group: str, frame: Frame) -> None:
+    """The ``deliver`` of a publish-only backend (it never subscribes)."""
+
+
+class Backend(ABC):
+    """Base class of broadcast backends.
+
+    One instance serves one event loop. The hub calls ``start()`` before
+    anything else and ``stop()`` last; ``subscribe``/``unsubscribe`` are called
+    at most once per change (the hub keeps the count of local members), and
+    incoming frames go to ``self.deliver(group, frame)``, called on the loop
+    the backend was started on.
+    """
+
+    def __init__(self, deliver: Deliver | None = None, **options: Any) -> None:
+        self.deliver: Deliver = deliver or _no_delivery
+        self.options = options
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Get ready to publish and subscribe. A broker that is down is retried in the
+        background rather than failing here (publishing raises ``BackendUnavailable``)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Drop subscriptions and close connections. Idempotent."""
+
+    @abstractmethod
+    async def subscribe(self, group: str) -> None:
+        """Start delivering ``group``'s frames; returns once the broker confirmed it.
+
+        Idempotent. If the broker can't confirm in time, raises
+        ``BackendUnavailable``; the subscription is still kept and made as
+        soon as the broker is back.
+        """
+
+    @abstractmethod
+    async def unsubscribe(self, group: str) -> None:
+        """Stop delivering ``group``'s frames. Idempotent; never raises for a broker outage."""
+
+    @abstractmethod
+    async def publish(self, group: str, frame: Frame) -> None:
+        """Send ``frame`` to every process subscribed to ``group`` (this one included).
+
+        Raises ``BackendUnavailable`` when the broker can't take it: then nothing was sent.
+        """
+
+
+def load_backend(deliver: Deliver | None = None) -> Backend:
+    """A new instance of the backend named by ``TETHER["BACKEND"]``, with ``TETHER["OPTIONS"]``."""
+    path = get_setting("BACKEND")
+    try:
+        cls = import_string(path)
+    except ImportError as exc:
+        raise ImportError(f"TETHER['BACKEND'] = {path!r} can't be imported: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"TETHER['BACKEND'] = {path!r} is not a tether.backends.base.Backend subclass")
+    backend: Backend = cls(deliver, **get_setting("OPTIONS"))
+    return backend

@@ -1,0 +1,295 @@
+"""PostgreSQL LISTEN/NOTIFY backend (``pip install django-tether[postgres]``, psycopg 3).
+
+Each process holds one dedicated listening connection, built from the Django
+``DATABASES`` alias in ``OPTIONS["database"]`` (application name
+``tether-listen-<pid>``), and one connection for publishing. Like Redis
+pub/sub, NOTIFY is at-most-once: a process whose listener is down misses what
+is published meanwhile. The listener reconnects with backoff (0.05 s doubling
+to 2 s) after a restart or ``pg_terminate_backend`` and LISTENs again.
+
+Channel names: PostgreSQL identifiers are at most 63 bytes, and group names
+go up to 100 characters, so a group's channel is ``tether_`` followed by the
+first 40 hex digits of its SHA-256 (47 bytes, always a valid identifier; a
+collision would need 2^80 groups). ``SELECT pg_notify(channel, ...)`` and
+``LISTEN`` work with these names; you never have to type them.
+
+Payloads: a NOTIFY payload must be under 8000 bytes and may not contain NUL.
+Text frames go as ``t<text>``, binary ones as ``b<base64>``; anything larger
+(or text with NUL) is stored in the ``tether_payload`` table (run
+``migrate``) and the notification carries ``r<id>``. Rows older than
+``OPTIONS["payload_ttl"]`` seconds (default 300) are pruned.
+
+Options: ``database`` (default ``"default"``), ``subscribe_timeout`` (5 s),
+``payload_ttl`` (300 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+from psycopg import sql
+
+from ..exceptions import BackendUnavailable
+from .base import Backend, Deliver, Frame, decode_payload, encode_payload
+
+__all__ = ["NOTIFY_LIMIT", "PostgresBackend", "channel_for"]
+
+logger = logging.getLogger("tether.backends.postgres")
+
+NOTIFY_LIMIT = 7999  # bytes: PostgreSQL refuses a NOTIFY payload of 8000 or more
+_MIN_BACKOFF, _MAX_BACKOFF = 0.05, 2.0
+_PRUNE_EVERY = 60.0  # seconds between prunes of old stored payloads
+
+
+def channel_for(group: str) -> str:
+    """The NOTIFY channel for ``group``: a 47-byte identifier whatever the group's length."""
+    return "tether_" + hashlib.sha256(group.encode()).hexdigest()[:40]
+
+
+def connection_params(alias: str) -> dict[str, Any]:
+    """psycopg connection keywords for the ``DATABASES[alias]`` PostgreSQL database."""
+    if alias not in connections.settings:
+        raise ImproperlyConfigured(f"TETHER['OPTIONS']['database'] = {alias!r} is not in settings.DATABASES")
+    wrapper = connections[alias]
+    if wrapper.vendor != "postgresql":
+        raise ImproperlyConfigured(f"the PostgreSQL backend needs a PostgreSQL database; {alias!r} is {wrapper.vendor}")
+    params: dict[str, Any] = wrapper.get_connection_params()
+    for key in ("cursor_factory", "context", "prepare_threshold", "pool"):
+        params.pop(key, None)
+    return params
+
+
+class PostgresBackend(Backend):
+    """LISTEN/NOTIFY over one dedicated listening connection per process."""
+
+    def __init__(
+        self,
+        deliver: Deliver | None = None,
+        *,
+        database: str = "default",
+        subscribe_timeout: float = 5.0,
+        payload_ttl: float = 300.0,
+    ) -> None:
+        super().__init__(deliver)
+        self.database = database
+        self.subscribe_timeout = subscribe_timeout
+        self.payload_ttl = payload_ttl
+        self.missed = 0  # published by this process while its listener was down
+        self.failed = 0
+        self.reconnects = 0
+        self._params: dict[str, Any] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None  # publishing and fetching stored payloads
+        self._conn_lock = asyncio.Lock()
+        self._control = f"tether_ctl_{uuid.uuid4().hex[:16]}"  # wakes the listener to (UN)LISTEN
+        self._groups: dict[str, str] = {}  # channel -> group, for the wanted channels
+        self._listening: set[str] = set()
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._dirty = False
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_prune = 0.0
+
+    async def start(self) -> None:
+        if self._params is None:
+            self._params = connection_params(self.database)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+        self._groups.clear()
+
+    # -- publishing ---------------------------------------------------------
+
+    async def _execute(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Run ``query`` on the publishing connection, reconnecting once if it broke."""
+        await self.start()
+        assert self._params is not None
+        for attempt in (1, 2):
+            async with self._conn_lock:
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = await psycopg.AsyncConnection.connect(
+                            **self._params, autocommit=True, application_name=f"tether-publish-{os.getpid()}"
+                        )
+                    cursor = await self._conn.execute(query, params)
+                    return await cursor.fetchall() if cursor.description else []
+                except psycopg.OperationalError as exc:
+                    if self._conn is not None:
+                        with contextlib.suppress(psycopg.Error):
+                            await self._conn.close()
+                    self._conn = None
+                    if attempt == 2:
+                        self.failed += 1
+                        raise BackendUnavailable(f"PostgreSQL ({self.database!r}) is unreachable: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def publish(self, group: str, frame: Frame) -> None:
+        channel = channel_for(group)
+        if isinstance(frame, str) and "\x00" not in frame:
+            payload = "t" + frame
+        elif isinstance(frame, bytes):
+            payload = "b" + base64.b64encode(frame).decode()
+        else:
+            payload = ""  # text with NUL: only the table can carry it
+        if not payload or (len(payload) * 4 > NOTIFY_LIMIT and len(payload.encode()) > NOTIFY_LIMIT):
+            rows = await self._execute(
+                "INSERT INTO tether_payload (channel, data) VALUES (%s, %s) RETURNING id",
+                (channel, encode_payload(frame)),
+            )
+            payload = f"r{rows[0][0]}"
+            await self._prune()
+        await self._execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        if self._task is not None and not self._connected.is_set():
+            self.missed += 1
+
+    async def _prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < _PRUNE_EVERY:
+            return
+        self._last_prune = now
+        await self._execute(
+            "DELETE FROM tether_payload WHERE created < now() - make_interval(secs => %s)", (self.payload_ttl,)
+        )
+
+    # -- subscribing --------------------------------------------------------
+
+    async def subscribe(self, group: str) -> None:
+        channel = channel_for(group)
+        self._groups[channel] = group
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._listen_forever(), name="tether-pg-listener")
+        future = self._confirmed.get(channel)
+        if future is None or future.cancelled():
+            future = self._confirmed[channel] = asyncio.get_running_loop().create_future()
+        if not future.done():
+            await self._wake()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.subscribe_timeout)
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"PostgreSQL ({self.database!r}) did not LISTEN for {group!r} within {self.subscribe_timeout}s; "
+                "it will when the database is back"
+            ) from None
+
+    async def unsubscribe(self, group: str) -> None:
+        channel = channel_for(group)
+        self._groups.pop(channel, None)
+        future = self._confirmed.pop(channel, None)
+        if future is not None and not future.done():
+            future.cancel()
+        await self._wake()
+
+    async def _wake(self) -> None:
+        """Interrupt the listener's wait so it applies (UN)LISTEN changes now."""
+        self._dirty = True
+        if self._connected.is_set():
+            with contextlib.suppress(BackendUnavailable):  # the listener catches up when it reconnects
+                await self._execute("SELECT pg_notify(%s, '')", (self._control,))
+
+    async def _apply(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._dirty = False
+        wanted = set(self._groups)
+        for channel in wanted - self._listening:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            self._listening.add(channel)
+        for channel in self._listening - wanted:
+            await conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+            self._listening.discard(channel)
+        for channel in wanted:
+            future = self._confirmed.get(channel)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def _listen_forever(self) -> None:
+        """Hold the listening connection: (re)connect, LISTEN, deliver; back off on failure."""
+        await self.start()
+        assert self._params is not None
+        delay = _MIN_BACKOFF
+        down_since: float | None = None
+        missed_before = 0
+        while True:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    **self._params, autocommit=True, application_name=f"tether-listen-{os.getpid()}"
+                )
+                self._listening = set()
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._control)))
+                await self._apply(conn)
+                self._connected.set()
+                if down_since is not None:
+                    self.reconnects += 1
+                    logger.warning(
+                        "PostgreSQL listener reconnected to %r after %.1fs and LISTENs again on %d group(s); "
+                        "%d message(s) this process published meanwhile were not delivered to its sockets, "
+                        "and what other processes published meanwhile is lost (NOTIFY is at-most-once)",
+                        self.database,
+                        time.monotonic() - down_since,
+                        len(self._listening),
+                        self.missed - missed_before,
+                    )
+                    down_since = None
+                delay = _MIN_BACKOFF
+                while True:
+                    if self._dirty:
+                        await self._apply(conn)
+                    async with contextlib.aclosing(conn.notifies()) as notifies:
+                        async for notify in notifies:
+                            if notify.channel == self._control:
+                                if self._dirty:
+                                    break
+                            else:
+                                await self._handle(notify.channel, notify.payload)
+            except psycopg.Error as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    missed_before = self.missed
+                    logger.warning("PostgreSQL listener on %r lost (%s); reconnecting with backoff", self.database, exc)
+            finally:
+                self._connected.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _handle(self, channel: str, payload: str) -> None:
+        group = self._groups.get(channel)
+        if group is None:
+            return  # UNLISTEN under way
+        kind, data = payload[:1], payload[1:]
+        try:
+            if kind == "t":
+                frame: Frame = data
+            elif kind == "b":
+                frame = base64.b64decode(data)
+            elif kind == "r":
+                rows = await self._execute("SELECT data FROM tether_payload WHERE id = %s", (int(data),))
+                if not rows:
+                    logger.warning("Stored payload %s for group %s is gone (pruned?); skipped", data, group)
+                    return
+                frame = decode_payload(bytes(rows[0][0]))
+            else:
+                raise ValueError(f"unknown payload kind {kind!r}")
+        except (ValueError, BackendUnavailable) as exc:
+            logger.warning("Dropped a notification for group %s: %s", group, exc)
+            return
+        self.deliver(group, frame)
