@@ -46,11 +46,13 @@ async def _publish(count: int) -> None:
         for text in payloads:
             await layer.group_send(settings.GROUP, {"type": "bench.message", "text": text})
     else:
-        from tether import broadcast  # type: ignore[attr-defined]
+        from tether import broadcast
+        from tether.hub import stop_hub
 
         print(f"T0 {time.time() * 1000:.3f}", flush=True)
         for text in payloads:
             await broadcast(settings.GROUP, text)
+        await stop_hub()
     print(f"SENT {count}", flush=True)
 
 

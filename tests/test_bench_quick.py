@@ -27,8 +27,7 @@ def test_tiny_run_produces_numbers_for_every_scenario(tmp_path: Path, redis_serv
     )  # fmt: skip
     assert done.returncode == 0, f"bench/run.sh failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     results = json.loads((tmp_path / "results.json").read_text())
-    # Until the hub lands, tether's fan-out is reported as not measured; nothing else may be missing.
-    assert all("no hub" in why for why in results["skipped"].values()), results["skipped"]
+    assert results["skipped"] == {}, results["skipped"]
     for scenario in ("echo", "fanout", "cross", "idle", "handshake"):
         apps = results["data"][scenario]
         assert apps, f"no app measured {scenario}"
