@@ -153,14 +153,23 @@ def _targets_table(summaries: dict[str, dict[str, dict[int, dict[str, Any]]]]) -
     return lines
 
 
+def load_results(path: Path) -> tuple[str, dict[str, Any], Data, dict[str, str]]:
+    """Read a results.json written by ``write_report`` (sizes back to ints)."""
+    raw = json.loads(path.read_text())
+    data = {
+        scenario: {app: {int(size): rows for size, rows in sizes.items()} for app, sizes in apps.items()}
+        for scenario, apps in raw["data"].items()
+    }
+    return raw["plan"], raw["meta"], data, raw["skipped"]
+
+
 def write_report(plan: str, meta: dict[str, Any], data: Data, skipped: dict[str, str], out: Path) -> None:
     """Write ``out/benchmarks.md``, ``out/img/bench-<scenario>.png`` and ``out/results.json``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "img").mkdir(exist_ok=True)
-    raw_json = {"plan": plan, "meta": meta, "data": data, "skipped": skipped}
-    (out / "results.json" if out != BENCH.parent / "docs" else BENCH / "results.json").write_text(
-        json.dumps(raw_json, indent=1, default=str)
-    )
+    # The docs folder gets the page and plots only; the measurements behind them go to bench/.
+    results = BENCH / "results.json" if out.resolve() == (BENCH.parent / "docs").resolve() else out / "results.json"
+    results.write_text(json.dumps({"plan": plan, "meta": meta, "data": data, "skipped": skipped}, indent=1))
     summaries = {scenario: summarize({scenario: apps})[scenario] for scenario, apps in data.items() if apps}
     machine, versions = meta["machine"], meta["versions"]
     lines = [
@@ -244,8 +253,7 @@ _DESCRIPTIONS = {
     "process publishes M messages through the broker: Redis for raw (its own PUBLISH/SUBSCRIBE), "
     "channels-redis (`RedisChannelLayer` and `RedisPubSubChannelLayer`) for Channels, tether's Redis and "
     "PostgreSQL backends. Ratios are to `raw+redis` and `channels+redis`. Figure: deliveries per second "
-    "from the publisher's first send to the last delivery, which includes the publisher's start-up of "
-    "its broker connection.",
+    "from the publisher's first send (after it has connected to the broker) to the last delivery.",
     "idle": "N connections opened and left idle; figure: growth of the server's resident memory (RSS) "
     "divided by N, in KiB (lower is better, so a ratio below 1 is better).",
     "handshake": "Concurrent loops of: open a connection carrying a Django session cookie, the server "

@@ -70,3 +70,8 @@ TETHER = {
     "redis": {"BACKEND": "tether.backends.redis.RedisBackend", "OPTIONS": {"url": REDIS_URL}},
     "postgres": {"BACKEND": "tether.backends.postgres.PostgresBackend", "OPTIONS": {"database": "default"}},
 }.get(BACKEND, {})
+
+if os.environ.get("BENCH_TRACEMALLOC"):  # bench/run.py --memtrace: where memory per connection goes
+    from bench.apps.memtrace import install
+
+    install()

@@ -164,7 +164,7 @@ async function fanout(a) {
   for (let i = 0; i < subs; i++) perUrl[i % urls.length]++;
   const groups = await Promise.all(
     urls.map((url, u) =>
-      openMany(url, perUrl[u], 100, {}, (ws) => {
+      openMany(url, perUrl[u], Number(a.parallel || 100), {}, (ws) => {
         const i = index++;
         ws.on("message", (data) => {
           if (!isReady[i]) {
@@ -193,8 +193,8 @@ async function fanout(a) {
   if (ready < subs) throw new Error(`only ${ready}/${subs} subscribers said ready`);
   let pub = null;
   if (!a.external) pub = await open(a["pub-url"], {});
+  say("START"); // before READY: an external publisher starts on READY, inside the window
   say("READY");
-  say("START");
   const cpu0 = process.cpuUsage();
   const t0 = now();
   const t0Epoch = epochMs();
