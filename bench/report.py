@@ -197,6 +197,8 @@ def write_report(plan: str, meta: dict[str, Any], data: Data, skipped: dict[str,
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
     ]
+    for note in meta.get("notes", []):
+        lines += [f"> {note}", ""]
     if plan != "full":
         lines += [f"> This page was written by a `{plan}` run: sizes are small and figures are noisy.", ""]
     lines += ["## Targets", "", *_targets_table(summaries), ""]
