@@ -14,18 +14,18 @@ from websockets.exceptions import ConnectionClosed
 from tests.servers import Server, serve
 from tether import CloseCode, Disconnected, WebSocket
 from tether.asgi import TetherASGIHandler
-from tether.limits import LimitedReceive, _text_size
 from tether.testing import connect
+from tether.websocket import _size
 
 MIB = 1024 * 1024
 
 
-def test_text_size_counts_utf8_bytes() -> None:
-    """Text is measured in UTF-8 bytes, encoding only when the character count can't decide."""
-    assert _text_size("a" * 10, 100) == 10
-    assert _text_size("é" * 30, 100) == 60
-    assert _text_size("€" * 200, 100) == 200  # over the limit by characters alone: no encoding needed
-    assert _text_size("\udc80", 100) == 1  # a lone surrogate counts without raising
+def test_size_counts_utf8_bytes() -> None:
+    """Messages are measured in bytes: UTF-8 for text, lone surrogates included."""
+    assert _size("a" * 10) == 10
+    assert _size("é" * 30) == 60
+    assert _size(b"\x00" * 7) == 7
+    assert _size("\udc80") == 3  # a lone surrogate counts without raising
 
 
 async def test_oversized_text_closes_1009_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -95,9 +95,8 @@ async def test_after_a_violation_the_handler_sees_disconnected_every_time() -> N
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    limited = LimitedReceive(receive, max_size=4, rate=None, burst=None, idle=None)
-    socket = WebSocket({"type": "websocket", "path": "/x/", "headers": []}, limited, send)
-    limited.socket = socket
+    socket = WebSocket({"type": "websocket", "path": "/x/", "headers": []}, receive, send)
+    socket.max_message_size = 4
     await socket.accept()
     for _ in range(2):
         with pytest.raises(Disconnected) as info:

@@ -1,9 +1,10 @@
 """Per-connection limits on inbound traffic: message size, message rate, idle time.
 
-tether enforces them itself, on the ASGI ``receive`` channel, so they hold
-whatever the server's own settings (uvicorn's ``--ws-max-size`` is 16 MiB).
-Settings are read once per connection; a connection with no limit set gets
-the server's ``receive`` untouched. A violation closes the socket with its code,
+tether enforces them itself, so they hold whatever the server's own settings
+(uvicorn's ``--ws-max-size`` is 16 MiB). Settings are read once per
+connection. The size limit is checked in ``WebSocket.receive()`` (a length
+comparison per message); rate and idle time wrap the ASGI ``receive``, and a
+connection with neither gets the server's ``receive`` untouched. A violation closes the socket with its code,
 logs one line, and the handler sees ``Disconnected(code)`` as if the client had
 left, so no handler code is needed.
 
@@ -35,33 +36,17 @@ from .websocket import ConnectionState
 if TYPE_CHECKING:
     from .websocket import WebSocket
 
-__all__ = ["LimitedReceive", "limit_receive"]
+__all__ = ["LimitedReceive", "limit_receive", "violate"]
 
 logger = logging.getLogger("tether.limits")
 
 
-def _text_size(text: str, limit: int) -> int:
-    """The UTF-8 size of ``text``, encoding only when the character count can't decide."""
-    n = len(text)
-    if n * 4 <= limit or n > limit:  # UTF-8 takes 1 to 4 bytes per character
-        return n
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
 class LimitedReceive:
-    """An ASGI ``receive`` that enforces the limits; set ``socket`` before the first call."""
+    """An ASGI ``receive`` that enforces the rate and idle limits; set ``socket`` before the first call."""
 
-    def __init__(
-        self,
-        receive: Receive,
-        max_size: int | None,
-        rate: float | None,
-        burst: float | None,
-        idle: float | None,
-    ) -> None:
+    def __init__(self, receive: Receive, rate: float | None, burst: float | None, idle: float | None) -> None:
         self.socket: WebSocket | None = None
         self._receive = receive
-        self._max_size = max_size
         self._rate = rate
         self._burst = float(burst if burst is not None else max(2 * rate, 1.0)) if rate else 0.0
         self._tokens = self._burst
@@ -92,7 +77,8 @@ class LimitedReceive:
                 self._timed_out = False
                 if sys.version_info >= (3, 11) and self._waiter is not None:
                     self._waiter.uncancel()
-                return await self._violate(
+                self.stop()
+                return await violate(
                     socket, CloseCode.TIMEOUT, "idle timeout", f"idle for {self._idle:g}s", logging.INFO
                 )
             finally:
@@ -101,23 +87,13 @@ class LimitedReceive:
             message = await self._receive()
         if message["type"] != "websocket.receive":
             return message
-        max_size = self._max_size
-        if max_size is not None:
-            text = message.get("text")
-            size = _text_size(text, max_size) if text is not None else len(message.get("bytes") or b"")
-            if size > max_size:
-                return await self._violate(
-                    socket,
-                    CloseCode.MESSAGE_TOO_BIG,
-                    "message too big",
-                    f"message of {size} bytes is over MAX_MESSAGE_SIZE={max_size}",
-                )
         if self._rate:
             now = time.monotonic()
             tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
             self._refilled = now
             if tokens < 1.0:
-                return await self._violate(
+                self.stop()
+                return await violate(
                     socket,
                     CloseCode.POLICY_VIOLATION,
                     "message rate limit exceeded",
@@ -144,29 +120,30 @@ class LimitedReceive:
             self._timer.cancel()
             self._timer = None
 
-    async def _violate(
-        self, socket: WebSocket, code: int, reason: str, detail: str, level: int = logging.WARNING
-    ) -> Message:
-        """Close with ``code``, log, and hand the handler a disconnect event in place of the message."""
-        logger.log(
-            level,
-            "Closing websocket %s for user %s: %s (closed %d)",
-            escape_uri_path(socket.path),
-            user_id(socket),
-            detail,
-            code,
-        )
-        self.stop()
-        await socket.close(code, reason)
-        socket._peer_closed = True  # later receive()/send() raise Disconnected, as after a client's close
-        return {"type": "websocket.disconnect", "code": int(code), "reason": reason}
+
+async def violate(socket: WebSocket, code: int, reason: str, detail: str, level: int = logging.WARNING) -> Message:
+    """Close ``socket`` for breaking a limit and log it; returns the disconnect event to hand the handler.
+
+    Afterwards the socket's ``receive()`` and ``send_*()`` raise ``Disconnected(code)``,
+    as after a client's close, so handlers need no code of their own.
+    """
+    logger.log(
+        level,
+        "Closing websocket %s for user %s: %s (closed %d)",
+        escape_uri_path(socket.path),
+        user_id(socket),
+        detail,
+        code,
+    )
+    await socket.close(code, reason)
+    socket._peer_closed = True
+    return {"type": "websocket.disconnect", "code": int(code), "reason": reason}
 
 
 def limit_receive(receive: Receive) -> LimitedReceive | None:
-    """Wrap ``receive`` with the limits from the ``TETHER`` settings, or None when none is set."""
-    max_size = get_setting("MAX_MESSAGE_SIZE")
+    """Wrap ``receive`` with the rate and idle limits from the ``TETHER`` settings, or None when neither is set."""
     rate = get_setting("MESSAGE_RATE")
     idle = get_setting("IDLE_TIMEOUT")
-    if max_size is None and not rate and idle is None:
+    if not rate and idle is None:
         return None
-    return LimitedReceive(receive, max_size, rate, get_setting("MESSAGE_BURST"), idle)
+    return LimitedReceive(receive, rate, get_setting("MESSAGE_BURST"), idle)

@@ -79,6 +79,7 @@ class WebSocketRouter:
         socket = WebSocket(scope, limited or receive, send)
         if limited is not None:
             limited.socket = socket
+        socket.max_message_size = get_setting("MAX_MESSAGE_SIZE")
         handshake_timeout = get_setting("HANDSHAKE_TIMEOUT")
         try:
             if handshake_timeout is None:

@@ -18,7 +18,7 @@ from django.utils.http import is_same_domain
 
 from .conf import get_setting
 from .exceptions import Disconnected
-from .websocket import ConnectionState, WebSocket
+from .websocket import ConnectionState, WebSocket, scope_header
 
 __all__ = ["origin_allowed", "origin_refusal", "refuse_handshake"]
 
@@ -79,7 +79,7 @@ def origin_refusal(socket: WebSocket) -> str | None:
     """Why the handshake's Origin is refused, or None if it may connect (reads settings once)."""
     if not get_setting("CHECK_ORIGIN"):
         return None
-    origin = socket.headers.get("origin")
+    origin = scope_header(socket.scope, b"origin")  # not socket.headers: that copy would live as long as the socket
     if origin is None:
         return None if get_setting("ALLOW_NO_ORIGIN") else "no Origin header (TETHER['ALLOW_NO_ORIGIN'] is off)"
     if origin_allowed(origin, str(socket.scope.get("scheme", "ws"))):

@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from enum import Enum
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import QueryDict
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .auth import User
     from .hub import GroupHook, _Member
 
-__all__ = ["ConnectionState", "WebSocket", "encode_json"]
+__all__ = ["ConnectionState", "WebSocket", "decode_json", "encode_json", "scope_header"]
 
 
 class ConnectionState(Enum):
@@ -66,6 +66,7 @@ class WebSocket:
         self.close_reason = ""
         self._connect_received = False
         self._peer_closed = False  # the client closed first: later calls raise Disconnected again
+        self.max_message_size: int | None = None  # bytes; set from TETHER["MAX_MESSAGE_SIZE"] by the router
         self.resolver_match: ResolverMatch | None = None
         self.state = SimpleNamespace()  # free for the application's per-connection data
         self._member: _Member | None = None  # the hub's record of this socket's groups
@@ -251,19 +252,32 @@ class WebSocket:
         """Wait for the next message: ``str`` for a text frame, ``bytes`` for a binary one.
 
         Raises ``Disconnected`` when the client leaves (and again on every later
-        call), ``InvalidState`` before ``accept()`` or after ``close()``.
+        call), ``InvalidState`` before ``accept()`` or after ``close()``. A
+        message over ``max_message_size`` closes the socket with 1009 and raises
+        ``Disconnected(1009)``.
         """
-        self._check_can_receive()
+        if self.connection_state is not ConnectionState.OPEN:
+            self._check_can_receive()
         message = await self._receive()
         if message["type"] == "websocket.receive":
-            text = message.get("text")
-            if text is not None:
-                return str(text)
-            return bytes(message.get("bytes") or b"")
+            data: str | bytes | None = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            limit = self.max_message_size
+            if limit is not None and len(data) * 4 > limit and _size(data) > limit:
+                await self._too_big(_size(data), limit)
+            return data
         if message["type"] == "websocket.disconnect":
             self._closed_by_peer(message)
             raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
         raise InvalidState(f"unexpected ASGI message {message['type']!r} while receiving")
+
+    async def _too_big(self, size: int, limit: int) -> None:
+        from .limits import violate
+
+        detail = f"message of {size} bytes is over MAX_MESSAGE_SIZE={limit}"
+        await violate(self, CloseCode.MESSAGE_TOO_BIG, "message too big", detail)
+        raise Disconnected(CloseCode.MESSAGE_TOO_BIG, "message too big")
 
     def _check_can_receive(self) -> None:
         state = self.connection_state
@@ -295,17 +309,25 @@ class WebSocket:
 
     async def iter_text(self) -> AsyncIterator[str]:
         """Yield text messages until the client disconnects."""
+        receive = self.receive
         try:
             while True:
-                yield await self.receive_text()
+                data = await receive()
+                if not isinstance(data, str):
+                    raise InvalidMessage("expected a text frame, got a binary one", CloseCode.UNSUPPORTED_DATA)
+                yield data
         except Disconnected:
             return
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """Yield binary messages until the client disconnects."""
+        receive = self.receive
         try:
             while True:
-                yield await self.receive_bytes()
+                data = await receive()
+                if isinstance(data, str):
+                    raise InvalidMessage("expected a binary frame, got a text one", CloseCode.UNSUPPORTED_DATA)
+                yield data
         except Disconnected:
             return
 
@@ -322,31 +344,52 @@ class WebSocket:
     async def send_text(self, data: str) -> None:
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes a str, not {type(data).__name__}; use send_bytes() or send_json()")
-        await self._send_frame({"type": "websocket.send", "text": data})
+        if self.connection_state is not ConnectionState.OPEN:
+            self._refuse_send()
+        try:
+            await self._send({"type": "websocket.send", "text": data})
+        except OSError as exc:  # e.g. uvicorn's ClientDisconnected
+            self._send_failed(exc)
 
     async def send_bytes(self, data: bytes) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}; use send_text() or send_json()")
-        await self._send_frame({"type": "websocket.send", "bytes": bytes(data)})
+        if self.connection_state is not ConnectionState.OPEN:
+            self._refuse_send()
+        try:
+            await self._send({"type": "websocket.send", "bytes": bytes(data)})
+        except OSError as exc:
+            self._send_failed(exc)
 
     async def send_json(self, data: Any) -> None:
         """Send ``data`` as one JSON text frame (DjangoJSONEncoder: dates, UUIDs, Decimals work)."""
-        await self._send_frame({"type": "websocket.send", "text": encode_json(data)})
+        await self.send_text(encode_json(data))
 
-    async def _send_frame(self, message: Message) -> None:
-        """The one way out for data frames: checks the state and maps a gone peer to ``Disconnected``."""
-        state = self.connection_state
-        if state is not ConnectionState.OPEN:
-            if state is ConnectionState.CONNECTING:
-                raise InvalidState("send before accept(): call await socket.accept() first")
-            if self._peer_closed:
-                raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-            raise InvalidState("send after close(): the socket is closed")
-        try:
-            await self._send(message)
-        except OSError as exc:  # e.g. uvicorn's ClientDisconnected
-            self._closed_by_peer({"code": CloseCode.ABNORMAL_CLOSURE})
-            raise Disconnected(CloseCode.ABNORMAL_CLOSURE) from exc
+    def _refuse_send(self) -> None:
+        """Raise the right error for a send in a state other than OPEN."""
+        if self.connection_state is ConnectionState.CONNECTING:
+            raise InvalidState("send before accept(): call await socket.accept() first")
+        if self._peer_closed:
+            raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+        raise InvalidState("send after close(): the socket is closed")
+
+    def _send_failed(self, exc: OSError) -> NoReturn:
+        """The server could not send: the peer is gone."""
+        self._closed_by_peer({"code": CloseCode.ABNORMAL_CLOSURE})
+        raise Disconnected(CloseCode.ABNORMAL_CLOSURE) from exc
+
+
+def scope_header(scope: Scope, name: bytes) -> str | None:
+    """One request header straight from the ASGI scope (``name`` lower-case), without building ``headers``."""
+    for key, value in scope.get("headers", ()):
+        if key == name or key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _size(data: str | bytes) -> int:
+    """The size of a message in bytes (UTF-8 for text; a lone surrogate counts without raising)."""
+    return len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
 
 
 def decode_json(text: str) -> Any:
