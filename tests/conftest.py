@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -14,14 +15,23 @@ def reachable(host: str, port: int) -> bool:
         return False
 
 
-def require_service(name: str, host: str, port: int) -> None:
-    """Skip loudly when a real service is down; under CI=true, fail instead."""
-    if reachable(host, port):
+def require(available: bool, message: str) -> None:
+    """Skip loudly when something a test needs is missing; under CI=true, fail instead (.ci/run provides it)."""
+    if available:
         return
-    message = f"{name} at {host}:{port} is unreachable"
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: services must be up)")
-    pytest.skip(f"!!! SKIPPED: {message} — start it to run this test !!!")
+        pytest.fail(f"{message} (CI=true: .ci/run must provide it)")
+    pytest.skip(f"!!! SKIPPED: {message} !!!")
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """A real service (PostgreSQL, Redis) must answer."""
+    require(reachable(host, port), f"{name} at {host}:{port} is unreachable: start it to run this test")
+
+
+def require_program(path: str, install: str) -> None:
+    """A program from Debian's packages (chromium, nginx) must be installed."""
+    require(Path(path).exists(), f"{path} is not installed ({install})")
 
 
 @pytest.fixture

@@ -25,8 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import require_program
 from tests.servers import ROOT, wait_for_port
 
 NGINX = "/usr/sbin/nginx"
@@ -35,13 +34,7 @@ MARKER = "<!-- tested-nginx-config -->"
 
 
 def require_nginx() -> None:
-    """Skip loudly without nginx; under CI=true, fail instead (.ci/run installs it)."""
-    if Path(NGINX).exists():
-        return
-    message = f"nginx is not installed at {NGINX} (apt-get install -y nginx)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}; CI=true: .ci/run must install it")
-    pytest.skip(f"!!! SKIPPED: {message} !!!")
+    require_program(NGINX, "apt-get install -y nginx")
 
 
 def free_ports(count: int) -> list[int]:

@@ -7,14 +7,13 @@ the last one restarts the server under the open pages.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 from tests.chat import ChatServer, chat_env, manage
+from tests.conftest import require_program
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.browser
@@ -34,13 +33,7 @@ WAIT = 15_000  # ms: the longest any step may take (a reconnect backs off up to 
 
 
 def require_chromium() -> None:
-    """Skip loudly without chromium; under CI=true, fail instead (.ci/run installs it)."""
-    if Path(CHROMIUM).exists():
-        return
-    message = f"chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}; CI=true: .ci/run must install it")
-    pytest.skip(f"!!! SKIPPED: {message} !!!")
+    require_program(CHROMIUM, "apt-get install -y chromium")
 
 
 @pytest.fixture(scope="module")
