@@ -11,10 +11,11 @@ transports). Delivery is at-most-once and in publish order per publisher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from django.utils.module_loading import import_string
@@ -108,7 +109,8 @@ def load_backend(deliver: Deliver | None = None) -> Backend:
 
 
 class _Reconnector:
-    """Backoff and one pair of log lines per outage, for a listener that reconnects to its broker.
+    """The listener task of a backend: started once, cancelled at stop, and, while it runs,
+    backoff and one pair of log lines per outage as it reconnects to its broker.
 
     ``listener`` names it in the log ("Redis subscriber on redis://..."); ``missed``
     reads the backend's count of messages it published while the listener was down.
@@ -124,6 +126,20 @@ class _Reconnector:
         self.delay = self.MIN_BACKOFF
         self.down_since: float | None = None
         self.missed_before = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def ensure_running(self, listen: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Start ``listen()`` as the listener task unless it runs already."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(listen(), name=name)
+
+    async def cancel(self) -> None:
+        """Stop the listener task and wait for it to end. Idempotent."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def lost(self, exc: BaseException) -> None:
         """The connection failed or dropped; logs once per outage."""

@@ -96,7 +96,6 @@ class PostgresBackend(Backend):
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._dirty = False
         self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
 
     async def start(self) -> None:
@@ -104,11 +103,7 @@ class PostgresBackend(Backend):
             self._params = connection_params(self.database)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._reconnector.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
@@ -161,7 +156,7 @@ class PostgresBackend(Backend):
             payload = f"r{rows[0][0]}"
             await self._prune()
         await self._execute("SELECT pg_notify(%s, %s)", (channel, payload))
-        if self._task is not None and not self._connected.is_set():
+        if self._reconnector.task is not None and not self._connected.is_set():
             self.missed += 1
 
     async def _prune(self) -> None:
@@ -178,8 +173,7 @@ class PostgresBackend(Backend):
     async def subscribe(self, group: str) -> None:
         channel = channel_for(group)
         self._groups[channel] = group
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._listen_forever(), name="tether-pg-listener")
+        self._reconnector.ensure_running(self._listen_forever, "tether-pg-listener")
         future = self._confirmed.get(channel)
         if future is None or future.cancelled():
             future = self._confirmed[channel] = asyncio.get_running_loop().create_future()

@@ -56,7 +56,6 @@ class RedisBackend(Backend):
         self._wanted: set[bytes] = set()
         self._confirmed: dict[bytes, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def _channel(self, group: str) -> bytes:
         return f"{self.prefix}{group}".encode()
@@ -71,15 +70,10 @@ class RedisBackend(Backend):
         )
 
     def _ensure_listener(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._listen_forever(), name="tether-redis-listener")
+        self._reconnector.ensure_running(self._listen_forever, "tether-redis-listener")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._reconnector.cancel()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -129,7 +123,7 @@ class RedisBackend(Backend):
         except (RedisError, OSError) as exc:
             self.failed += 1
             raise BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        if self._task is not None and not self._connected.is_set():
+        if self._reconnector.task is not None and not self._connected.is_set():
             self.missed += 1
 
     async def _listen_forever(self) -> None:
