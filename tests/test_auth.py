@@ -15,6 +15,7 @@ from django.test import AsyncClient, override_settings
 
 from tests.testapp.sockets import Editors, Members
 from tether import CloseCode, InvalidState, WebSocket
+from tether.routing import SERVICES
 from tether.testing import Rejected, connect
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the async ORM runs on another thread's connection
@@ -143,14 +144,20 @@ class _Counter:
         monkeypatch.setattr(ModelBackend, "aget_user", counting_lookup)
 
 
-async def test_user_is_resolved_once_and_only_when_asked(ann: User, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A handler that never asks costs no lookup; concurrent and repeated auser() calls cost one."""
+async def test_user_is_resolved_once_and_only_with_a_session(ann: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No session cookie costs no lookup; with one, the user is resolved once at accept() (for its user
+    group) even if the handler never asks; concurrent and repeated auser() calls cost one."""
     cookie = await _session_cookie(ann)
     counter = _Counter(monkeypatch)
-    async with connect("/ws/echo/", headers={"Cookie": cookie}) as ws:
+    async with connect("/ws/echo/") as ws:
         await ws.send_text("ping")
         assert await ws.receive_text() == "pong!"
     assert (counter.loads, counter.lookups) == (0, 0)
+    async with connect("/ws/echo/", headers={"Cookie": cookie}) as ws:
+        await ws.send_text("ping")
+        assert await ws.receive_text() == "pong!"
+    assert (counter.loads, counter.lookups) == (1, 1)
+    counter.loads = counter.lookups = 0
 
     async def receive() -> dict[str, Any]:
         return {"type": "websocket.connect"}
@@ -158,7 +165,7 @@ async def test_user_is_resolved_once_and_only_when_asked(ann: User, monkeypatch:
     async def send(message: dict[str, Any]) -> None: ...
 
     headers = [(b"cookie", cookie.encode())]
-    socket = WebSocket({"type": "websocket", "path": "/", "headers": headers}, receive, send)
+    socket = WebSocket({"type": "websocket", "path": "/", "headers": headers}, receive, send, services=SERVICES)
     first, second = await asyncio.gather(socket.auser(), socket.auser())
     assert first is second is await socket.auser() is socket.user
     assert first.get_username() == "ann"

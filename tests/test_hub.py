@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import transaction
 
 from tests.testapp.models import Message
@@ -24,9 +25,12 @@ from tether import (
     user_group,
 )
 from tether import hub as hub_module
+from tether import publish as publish_module
 from tether.asgi import TetherASGIHandler
 from tether.backends import memory
-from tether.hub import Hub, get_hub, join_user_group, stop_hub, validate_group
+from tether.groups import validate_group
+from tether.hub import Hub, get_hub, join_user_group, stop_hub
+from tether.routing import SERVICES
 from tether.testing import connect, get_application
 
 
@@ -99,9 +103,9 @@ class SlowClient:
     ("name", "why"),
     [
         ("", "empty"),
-        ("x" * 101, "101 characters"),
-        ("chat room", "' '"),
-        ("chat/é", "'/é'"),
+        ("x" * 201, "201 characters"),
+        ("chat\nroom", "unprintable"),
+        ("chat\x00", "unprintable"),
         (42, "a str, not int"),
     ],
 )
@@ -142,7 +146,7 @@ async def test_bad_message_type_raises_before_sending() -> None:
     with pytest.raises(TypeError, match="not set"):
         await broadcast(new_group(), {1, 2})
     with pytest.raises(InvalidGroup):
-        await broadcast("bad group", "x")
+        await broadcast("bad\tgroup", "x")
 
 
 # -- membership and fan-out ----------------------------------------------------
@@ -310,7 +314,7 @@ async def test_join_on_closed_socket_raises() -> None:
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    socket = WebSocket({"type": "websocket", "path": "/x/"}, receive, send)
+    socket = WebSocket({"type": "websocket", "path": "/x/"}, receive, send, services=SERVICES)
     await socket.accept()
     await socket.close()
     with pytest.raises(InvalidState, match="closed socket"):
@@ -331,7 +335,7 @@ async def test_join_before_accept_delivers_after_accept() -> None:
         if len(sent) == 3:
             three_sent.set()
 
-    socket = WebSocket({"type": "websocket", "path": "/x/"}, receive, send)
+    socket = WebSocket({"type": "websocket", "path": "/x/"}, receive, send, services=SERVICES)
     group = new_group()
     assert await join_user_group(socket, FakeUser(None)) is False  # anonymous: no-op
     assert await join_user_group(socket, FakeUser(5)) is True
@@ -435,20 +439,23 @@ async def test_broadcast_sync_from_a_worker_thread() -> None:
         assert [(await ws.receive_json())["n"] for _ in range(10)] == [*range(5), *range(5)]
 
 
-async def test_broadcast_sync_inside_the_event_loop_thread() -> None:
-    """broadcast_sync() called from the loop's own thread (e.g. an async shell) still delivers."""
+async def test_broadcast_sync_inside_the_event_loop_thread_raises_at_once() -> None:
+    """broadcast_sync() on the loop's own thread would block that loop: it raises at once, like Django's
+    SynchronousOnlyOperation, and the socket still gets what is broadcast properly afterwards."""
     group = new_group()
     async with connect(f"/ws/group/{group}/") as ws:
         await ws.receive_json()
-        broadcast_sync(group, "from the loop thread")
-        assert await ws.receive_text() == "from the loop thread"
+        with pytest.raises(SynchronousOnlyOperation, match="await broadcast"):
+            broadcast_sync(group, "from the loop thread")
+        await broadcast(group, "sentinel")
+        assert await ws.receive_text() == "sentinel"  # the refused message never went out
 
 
 def test_broadcast_sync_with_no_loop_anywhere() -> None:
     """A management command or script with no event loop can broadcast (nothing joined: no error)."""
     assert threading.current_thread() is threading.main_thread()
     broadcast_sync(new_group(), {"ok": True})
-    assert hub_module._publisher is not None and hub_module._publisher.thread.is_alive()
+    assert publish_module._publisher is not None and publish_module._publisher.thread.is_alive()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -507,6 +514,6 @@ async def test_leave_with_a_bad_name_raises() -> None:
     group = new_group()
     async with connect(f"/ws/group/{group}/") as ws:
         await ws.receive_json()
-        await ws.send_json({"leave": "bad name"})
-        with pytest.raises(InvalidGroup, match="' '"):
+        await ws.send_json({"leave": "bad\nname"})
+        with pytest.raises(InvalidGroup, match="unprintable"):
             await ws.receive_json()

@@ -103,7 +103,7 @@ async def test_disconnect_exception_is_logged_not_raised(caplog: pytest.LogCaptu
         async def disconnect(self, code: int) -> None:
             raise RuntimeError("disconnect failed")
 
-    from tether.routing import WebSocketRouter
+    from tether.routing import SERVICES, WebSocketRouter
 
     router = WebSocketRouter()
     queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
@@ -116,7 +116,7 @@ async def test_disconnect_exception_is_logged_not_raised(caplog: pytest.LogCaptu
 
     from tether.websocket import WebSocket
 
-    socket = WebSocket({"type": "websocket", "path": "/x/"}, queue.get, send)
+    socket = WebSocket({"type": "websocket", "path": "/x/"}, queue.get, send, services=SERVICES)
     with caplog.at_level(logging.ERROR, logger="tether"):
         await router.serve(socket, BadExit.as_handler())
     assert "BadExit.disconnect() raised" in caplog.text

@@ -1,9 +1,10 @@
 """django-tether: real-time WebSockets for Django on plain ASGI."""
 
-from .auth import login_required, permission_required, require
 from .codes import CloseCode
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState, TetherError
-from .hub import broadcast, broadcast_on_commit, broadcast_sync, user_group
+from .groups import user_group
+from .guards import login_required, permission_required, require
+from .publish import broadcast, broadcast_on_commit, broadcast_sync
 from .views import SocketView
 from .websocket import ConnectionState, WebSocket
 

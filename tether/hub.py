@@ -1,120 +1,59 @@
-"""The hub: this process's registry of groups, and broadcast from anywhere.
+"""The hub: this process's registry of groups, and one writer per socket.
 
 One hub per process, bound to the event loop that serves the sockets. It keeps
 ``group -> local members`` and subscribes to a group on the backend once,
 however many local sockets joined it, unsubscribing when the last one leaves.
+``join()`` returns only once the backend delivers the group, for every caller.
 
-A published message is encoded once (``dict``/``list`` -> one JSON text
-frame, ``str`` -> text, ``bytes`` -> binary) and the same frame is appended to
-each member's bounded outbound queue, which one writer task per socket drains.
-The publisher never awaits a member, so a slow client delays no one but
-itself; when its queue is full, ``TETHER["OVERFLOW"]`` decides:
+An incoming frame is appended to each member's bounded outbound queue, which
+one writer task per socket drains; the hub never awaits a member, so a slow
+client delays no one but itself. When its queue is full,
+``TETHER["OVERFLOW"]`` decides:
 
-- ``"close"`` (default): close it with 1013 (try again later) and log a line;
-  a client that can't keep up is better reconnected than silently lagging;
+- ``"close"`` (default): terminate it with 1013 (try again later) and log a
+  line; its membership, queue and writer are released at once, its handler is
+  woken with ``Disconnected(1013)``, and the close frame gets
+  ``CLOSE_TIMEOUT`` seconds to go out;
 - ``"drop_oldest"`` / ``"drop_newest"``: keep it open and drop one message.
 
-Every message dropped (or discarded with a closed queue) adds to
-``Hub.dropped_messages``.
+Every message dropped adds to ``Hub.dropped_messages``. Publishing lives in
+``tether.publish``, which uses only this module's public surface.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import os
-import re
-import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import Future
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any
 
 from django.core.signals import setting_changed
-from django.db import transaction
 
-from .backends.base import Backend, Frame, load_backend
+from ._types import Frame
+from .backends.base import Backend, load_backend
+from .closing import close_for_exception
 from .codes import CloseCode
 from .conf import get_setting
-from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidState
-from .websocket import ConnectionState, encode_json
-
-if TYPE_CHECKING:
-    from .websocket import WebSocket
+from .exceptions import BackendUnavailable, InvalidState
+from .groups import user_group, validate_group
+from .websocket import ConnectionState, WebSocket
 
 __all__ = [
     "OVERFLOW_POLICIES",
     "Hub",
-    "broadcast",
-    "broadcast_on_commit",
-    "broadcast_sync",
-    "encode_message",
+    "current_hub",
+    "discard",
     "get_hub",
+    "groups_of",
     "join_user_group",
+    "leave",
     "stop_hub",
-    "user_group",
-    "validate_group",
 ]
 
 logger = logging.getLogger("tether.hub")
 
-GroupHook = Callable[[str, Frame], Awaitable[Frame | None]]
-
 OVERFLOW_POLICIES = ("close", "drop_oldest", "drop_newest")
-MAX_GROUP_LENGTH = 100
-_GROUP_RE = re.compile(r"[A-Za-z0-9_.:\-]+")
-_SYNC_TIMEOUT = 30.0  # seconds broadcast_sync() waits for the backend before giving up
-
-
-def validate_group(group: str) -> str:
-    """Return ``group`` if it is a usable name, else raise ``InvalidGroup`` saying why.
-
-    A name is 1 to 100 ASCII letters, digits and ``_ . : -`` (e.g.
-    ``"chat.lobby"``, ``"user.42"``): the set every backend carries unchanged.
-    """
-    if not isinstance(group, str):
-        raise InvalidGroup(f"a group name is a str, not {type(group).__name__}")
-    if not group:
-        raise InvalidGroup("a group name can't be empty")
-    if len(group) > MAX_GROUP_LENGTH:
-        raise InvalidGroup(f"group name {group[:20]!r}... is {len(group)} characters; the limit is {MAX_GROUP_LENGTH}")
-    if not _GROUP_RE.fullmatch(group):
-        bad = sorted({c for c in group if not _GROUP_RE.fullmatch(c)})
-        raise InvalidGroup(
-            f"group name {group!r} has characters {''.join(bad)!r}; use ASCII letters, digits and _ . : - only"
-        )
-    return group
-
-
-def user_group(user: Any) -> str:
-    """The group every authenticated socket of ``user`` is in: ``"user.<pk>"``.
-
-    ``user`` is a user object or its primary key. An anonymous user has none:
-    raises ``InvalidGroup`` (check ``user.is_authenticated`` first).
-    """
-    if hasattr(user, "pk") or hasattr(user, "is_authenticated"):
-        if not getattr(user, "is_authenticated", True) or getattr(user, "pk", None) is None:
-            raise InvalidGroup("an anonymous user has no user group; check user.is_authenticated first")
-        user = user.pk
-    if user is None or isinstance(user, bool):
-        raise InvalidGroup(f"user_group() takes a user or a primary key, not {user!r}")
-    return validate_group(f"user.{user}")
-
-
-def encode_message(message: Any) -> Frame:
-    """The frame for ``message``: ``dict``/``list`` -> JSON text, ``str`` -> text, ``bytes`` -> binary.
-
-    Raises ``TypeError`` for anything else (and for values JSON can't encode).
-    """
-    if isinstance(message, str):
-        return message
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        return bytes(message)
-    if isinstance(message, (dict, list)):
-        return encode_json(message)
-    raise TypeError(f"a broadcast message is a dict, list, str or bytes, not {type(message).__name__}")
 
 
 class _Member:
@@ -130,13 +69,6 @@ class _Member:
         self.waiter: asyncio.Future[None] | None = None
         self.dropped = 0
         self.task = hub.loop.create_task(self._write(), name=f"tether-writer {socket.path}")
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     def offer(self, item: tuple[str, Frame]) -> None:
         """Queue one delivery without ever waiting; a full queue applies the overflow policy."""
@@ -169,36 +101,29 @@ class _Member:
         socket = self.socket
         queue = self.queue
         popleft = queue.popleft
-        send = socket._send  # the loop checks the state that _send_frame() would
+        send_frame = socket.send_frame  # checks the state right before each send, after any await
         loop = self.hub.loop
-        open_ = ConnectionState.OPEN
         try:
             while True:
-                while queue and socket.connection_state is open_:
-                    group, frame = popleft()
-                    hook = socket._group_hook
-                    if hook is not None:
-                        transformed = await hook(group, frame)
-                        if transformed is None:
-                            continue
-                        frame = transformed
-                    if type(frame) is str:
-                        await send({"type": "websocket.send", "text": frame})
-                    else:
-                        await send({"type": "websocket.send", "bytes": frame})
+                if queue:
+                    if socket.connection_state is ConnectionState.CONNECTING and not await socket.wait_open():
+                        return  # refused or closed before accept(): nothing goes out
+                    while queue:
+                        group, frame = popleft()
+                        hook = socket.group_hook
+                        if hook is not None:
+                            transformed = await hook(group, frame)
+                            if transformed is None:
+                                continue
+                            frame = transformed
+                        if not await send_frame(frame):
+                            return
                 state = socket.connection_state
                 if state is ConnectionState.CLOSING or state is ConnectionState.CLOSED:
                     return
-                # nothing queued, or not accepted yet: wait for offer() or accept()
                 self.waiter = loop.create_future()
                 await self.waiter
-        except OSError:  # the client is gone (e.g. uvicorn's ClientDisconnected)
-            socket._closed_by_peer({"code": CloseCode.ABNORMAL_CLOSURE})
-        except (Disconnected, InvalidState):
-            return  # the socket closed under us: the router drops the membership
         except Exception as exc:  # group_message() raised
-            from .routing import close_for_exception
-
             await close_for_exception(socket, exc)
         finally:
             self.hub._drop_member(self)
@@ -224,11 +149,12 @@ class Hub:
         if self.overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"TETHER['OVERFLOW'] = {self.overflow!r}; choose one of {', '.join(OVERFLOW_POLICIES)}")
         self.groups: dict[str, dict[_Member, None]] = {}  # ordered: delivery follows join order
+        self.members: dict[WebSocket, _Member] = {}
         self.dropped_messages = 0
         self.published = 0
         self._fanout: dict[str, tuple[_Member, ...]] = {}  # snapshot per group, rebuilt on change
-        self._subscribed: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._subscribed: set[str] = set()  # groups the backend confirmed (or will make on reconnect)
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per group: lock, [tasks using it]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started: asyncio.Future[None] | None = None
         self.stopped = False
@@ -245,6 +171,7 @@ class Hub:
             except BaseException as exc:
                 self._started.set_exception(exc)
                 self._started.exception()  # retrieved: the caller below raises it
+                self._started = None  # the next caller tries again
                 raise
             self._started.set_result(None)
         await asyncio.shield(self._started)
@@ -254,8 +181,7 @@ class Hub:
         if self.stopped:
             return
         self.stopped = True
-        members = {m for group in self.groups.values() for m in group}
-        for member in members:
+        for member in list(self.members.values()):
             member.task.cancel()
             self._drop_member(member)
         for task in list(self._tasks):
@@ -269,29 +195,29 @@ class Hub:
         """Add ``socket`` to ``group``; returns once the backend delivers it. Idempotent.
 
         Raises ``InvalidGroup`` for a bad name and ``InvalidState`` on a closed
-        socket. If the broker is down, the membership is kept (it is made when
-        the broker is back) and a warning logged.
+        socket. If the broker is down, the membership is kept (the backend
+        makes it when the broker is back) and a warning logged.
         """
         validate_group(group)
         if self.stopped:
             raise InvalidState("the hub is stopped (server shutting down)")
-        if socket.connection_state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+        state = socket.connection_state
+        if state is ConnectionState.CLOSING or state is ConnectionState.CLOSED:
             raise InvalidState(f"join({group!r}) on a closed socket")
-        member = socket._member
-        if member is None or member.hub is not self:
-            member = socket._member = _Member(self, socket)
-        if group in member.groups:
-            return
-        member.groups.add(group)
-        self.groups.setdefault(group, {})[member] = None
-        self._fanout[group] = tuple(self.groups[group])
+        member = self.members.get(socket)
+        if member is None:
+            member = self.members[socket] = _Member(self, socket)
+        if group not in member.groups:
+            member.groups.add(group)
+            self.groups.setdefault(group, {})[member] = None
+            self._fanout[group] = tuple(self.groups[group])
         if group not in self._subscribed:
-            await self._reconcile(group)
+            await self._reconcile(group)  # a concurrent joiner waits here for the same subscription
 
     async def leave(self, socket: WebSocket, group: str) -> None:
         """Remove ``socket`` from ``group``. Idempotent: leaving a group not joined does nothing."""
         validate_group(group)
-        member = socket._member
+        member = self.members.get(socket)
         if member is None or group not in member.groups:
             return
         member.groups.discard(group)
@@ -304,16 +230,20 @@ class Hub:
         Synchronous, idempotent and safe from a ``finally``: backend
         unsubscriptions run in the background.
         """
-        member = socket._member
+        member = self.members.get(socket)
         if member is None:
             return
         if member.task is not asyncio.current_task():
             member.task.cancel()
         self._drop_member(member)
 
+    def groups_of(self, socket: WebSocket) -> frozenset[str]:
+        member = self.members.get(socket)
+        return frozenset(member.groups) if member is not None else frozenset()
+
     def _drop_member(self, member: _Member) -> None:
-        if member.socket._member is member:
-            member.socket._member = None
+        if self.members.get(member.socket) is member:
+            del self.members[member.socket]
         member.queue.clear()
         member.waiter = None
         groups, member.groups = member.groups, set()
@@ -338,24 +268,31 @@ class Hub:
 
     async def _reconcile(self, group: str) -> None:
         """Make the backend subscription match the local membership (one change at a time per group)."""
-        lock = self._locks.setdefault(group, asyncio.Lock())
+        lock, users = self._locks.setdefault(group, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            await self._reconcile_locked(group, lock)
+        finally:
+            users[0] -= 1
+            if not users[0] and group not in self.groups and group not in self._subscribed:
+                self._locks.pop(group, None)
+
+    async def _reconcile_locked(self, group: str, lock: asyncio.Lock) -> None:
         async with lock:
             wanted = group in self.groups and not self.stopped
             if wanted and group not in self._subscribed:
                 await self.start()
-                self._subscribed.add(group)
                 try:
                     await self.backend.subscribe(group)
                 except BackendUnavailable as exc:
                     logger.warning("Group %s joined while the broker is unreachable (%s); it is kept", group, exc)
+                self._subscribed.add(group)  # only now: concurrent joiners wait on the lock until here
             elif not wanted and group in self._subscribed:
                 self._subscribed.discard(group)
                 try:
                     await self.backend.unsubscribe(group)
                 except Exception:
                     logger.exception("Unsubscribing from group %s failed", group)
-            if group not in self.groups and group not in self._subscribed and not lock._waiters:
-                self._locks.pop(group, None)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         if self.stopped or self.loop.is_closed():
@@ -363,7 +300,12 @@ class Hub:
             return
         task = self.loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("tether hub task %s failed", task.get_name(), exc_info=task.exception())
 
     # -- messages ---------------------------------------------------------
 
@@ -398,46 +340,57 @@ class Hub:
         )
         member.task.cancel()
         self._drop_member(member)
-        self._spawn(socket.close(CloseCode.TRY_AGAIN_LATER, "too slow: outbound queue full"))
+        self._spawn(socket.terminate(CloseCode.TRY_AGAIN_LATER, "too slow: outbound queue full"))
 
     def stats(self) -> dict[str, int]:
-        """Counters for monitoring: groups, members, published and dropped messages."""
-        members = {m for group in self.groups.values() for m in group}
+        """Counters for monitoring: groups, members, published and dropped messages, background tasks."""
         return {
             "groups": len(self.groups),
-            "members": len(members),
+            "members": len(self.members),
             "published": self.published,
             "dropped_messages": self.dropped_messages,
+            "tasks": len(self._tasks),
         }
 
 
 # -- the process's hub ------------------------------------------------------
 
 _hub: Hub | None = None
+_retired: list[Hub] = []  # replaced after a settings change, stopped by the next stop_hub()
 
 
-def _usable(hub: Hub | None, loop: asyncio.AbstractEventLoop) -> bool:
-    return hub is not None and hub.loop is loop and not hub.stopped
+def current_hub() -> Hub | None:
+    """The process's hub if one is live (no I/O, creates nothing)."""
+    hub = _hub
+    return hub if hub is not None and not hub.stopped else None
 
 
 async def get_hub() -> Hub:
     """The process's hub, created and started on the running loop on first use.
 
     Raises ``InvalidState`` when another live event loop already serves the
-    process's sockets (one loop per process serves them all).
+    process's sockets (one loop per process serves them all). A hub left on a
+    loop that still runs but serves nobody is stopped there.
     """
     global _hub
     loop = asyncio.get_running_loop()
     hub = _hub
-    if not _usable(hub, loop):
-        if hub is not None and not hub.stopped and hub.groups and hub.loop.is_running():
+    if hub is None or hub.loop is not loop or hub.stopped:
+        if hub is not None and not hub.stopped and hub.members and hub.loop.is_running():
             raise InvalidState("the hub already serves sockets on another event loop; use one loop per process")
-        if hub is not None:
-            hub.stopped = True  # its loop is gone (e.g. a finished test): nothing left to run on
+        if hub is not None and not hub.stopped:
+            _stop_elsewhere(hub)
         hub = _hub = Hub(loop)
-    assert hub is not None
     await hub.start()
     return hub
+
+
+def _stop_elsewhere(hub: Hub) -> None:
+    """Stop a hub whose loop is not ours: on that loop if it still runs, else just mark it (its loop is gone)."""
+    if hub.loop.is_running() and not hub.loop.is_closed():
+        asyncio.run_coroutine_threadsafe(hub.stop(), hub.loop)
+    else:
+        hub.stopped = True
 
 
 async def stop_hub() -> None:
@@ -452,144 +405,50 @@ async def stop_hub() -> None:
             continue
         if hub.loop is loop:
             await hub.stop()
-        else:
-            hub.stopped = True  # its loop is gone or elsewhere: nothing to await here
+        elif not hub.stopped:
+            _stop_elsewhere(hub)
 
 
-_retired: list[Hub] = []  # replaced after a settings change, stopped by the next stop_hub()
+def _hubs_of(socket: WebSocket) -> list[Hub]:
+    return [hub for hub in (_hub, *_retired) if hub is not None and socket in hub.members]
 
 
-def _reset_on_settings_change(*, setting: str, **kwargs: Any) -> None:
-    global _hub, _publisher
-    if setting == "TETHER":
-        if _hub is not None:
-            _retired.append(_hub)
-        _hub = None
-        if _publisher is not None:
-            _publisher.close()
-        _publisher = None
+async def leave(socket: WebSocket, group: str) -> None:
+    """Take ``socket`` out of ``group`` in whichever hub holds it. Idempotent."""
+    validate_group(group)
+    for hub in _hubs_of(socket):
+        await hub.leave(socket, group)
 
 
-setting_changed.connect(_reset_on_settings_change)
+def groups_of(socket: WebSocket) -> frozenset[str]:
+    """The groups ``socket`` is in (no I/O)."""
+    hubs = _hubs_of(socket)
+    return hubs[0].groups_of(socket) if hubs else frozenset()
+
+
+def discard(socket: WebSocket) -> None:
+    """Drop every membership of ``socket`` (it is closing); synchronous and idempotent."""
+    for hub in _hubs_of(socket):
+        hub.discard(socket)
 
 
 async def join_user_group(socket: WebSocket, user: Any) -> bool:
     """Make ``socket`` a member of ``user_group(user)`` if the user is authenticated.
 
-    The one call the auth code makes once it knows the socket's user. Returns
-    whether it joined; idempotent; may run before ``accept()`` (messages wait).
+    Returns whether it joined; idempotent; may run before ``accept()`` (messages wait).
     """
     if user is None or not getattr(user, "is_authenticated", False) or getattr(user, "pk", None) is None:
         return False
-    await socket.join(user_group(user))
+    await (await get_hub()).join(socket, user_group(user))
     return True
 
 
-# -- broadcast --------------------------------------------------------------
+def _reset_on_settings_change(*, setting: str, **kwargs: Any) -> None:
+    global _hub
+    if setting == "TETHER":
+        if _hub is not None:
+            _retired.append(_hub)
+        _hub = None
 
 
-async def broadcast(group: str, message: Any) -> None:
-    """Send ``message`` to every socket in ``group``, in every process.
-
-    Encoded once (see ``encode_message``). Returns once the backend took it;
-    raises ``InvalidGroup``, ``TypeError`` for a message it can't encode, and
-    ``BackendUnavailable`` when the broker is down (nothing was sent).
-    """
-    frame = encode_message(message)
-    validate_group(group)
-    loop = asyncio.get_running_loop()
-    hub = _hub
-    if hub is not None and hub.loop is not loop and hub.loop.is_running() and not hub.stopped:
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(hub.publish(group, frame), hub.loop))
-        return
-    await (await get_hub()).publish(group, frame)
-
-
-def broadcast_sync(group: str, message: Any) -> None:
-    """``broadcast()`` for sync code: views (ASGI or WSGI), Celery tasks, management commands, the shell.
-
-    Blocks until the backend took the message. Under ASGI it publishes through
-    the server's hub; elsewhere through a small background publisher thread
-    (one per process, started on first use) so no event loop is needed.
-    Raises like ``broadcast()``.
-    """
-    frame = encode_message(message)
-    validate_group(group)
-    _publish_frame_sync(group, frame)
-
-
-def _publish_frame_sync(group: str, frame: Frame) -> None:
-    try:
-        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        here = None
-    hub = _hub
-    if hub is not None and hub.loop is not here and hub.loop.is_running() and not hub.stopped:
-        _wait(asyncio.run_coroutine_threadsafe(hub.publish(group, frame), hub.loop))
-    else:
-        _get_publisher().publish(group, frame)
-
-
-def broadcast_on_commit(group: str, message: Any, using: str | None = None) -> None:
-    """Broadcast ``message`` when the current transaction on ``using`` commits; never if it rolls back.
-
-    The message is validated and encoded now, so a bad one raises here and
-    not after the commit. Outside a transaction it is sent at once.
-    """
-    frame = encode_message(message)
-    validate_group(group)
-    transaction.on_commit(partial(_publish_frame_sync, group, frame), using=using)
-
-
-def _wait(future: Future[None]) -> None:
-    try:
-        future.result(_SYNC_TIMEOUT)
-    except TimeoutError:
-        future.cancel()
-        raise BackendUnavailable(f"the backend did not take the message within {_SYNC_TIMEOUT:.0f}s") from None
-
-
-class _Publisher:
-    """A daemon thread running an event loop with a publish-only backend, for sync callers."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self.backend: Backend | None = None
-        self.thread = threading.Thread(target=self.loop.run_forever, name="tether-publisher", daemon=True)
-        self.thread.start()
-        atexit.register(self.close)
-
-    def publish(self, group: str, frame: Frame) -> None:
-        _wait(asyncio.run_coroutine_threadsafe(self._publish(group, frame), self.loop))
-
-    async def _publish(self, group: str, frame: Frame) -> None:
-        if self.backend is None:
-            backend = load_backend()
-            await backend.start()
-            self.backend = backend
-        await self.backend.publish(group, frame)
-
-    def close(self) -> None:
-        """Stop the backend and the thread (at interpreter exit). Idempotent."""
-        if self.loop.is_closed() or not self.thread.is_alive():
-            return
-        if self.backend is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(self.backend.stop(), self.loop).result(5)
-            except Exception:
-                logger.debug("tether publisher backend did not stop cleanly", exc_info=True)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-_publisher: _Publisher | None = None
-_publisher_lock = threading.Lock()
-
-
-def _get_publisher() -> _Publisher:
-    global _publisher
-    with _publisher_lock:
-        if _publisher is None or _publisher.pid != os.getpid() or not _publisher.thread.is_alive():
-            _publisher = _Publisher()
-        return _publisher
+setting_changed.connect(_reset_on_settings_change)

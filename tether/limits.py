@@ -23,7 +23,6 @@ import asyncio
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from django.utils.encoding import escape_uri_path
 
@@ -31,10 +30,7 @@ from ._types import Message, Receive
 from .auth import user_id
 from .codes import CloseCode
 from .conf import get_setting
-from .websocket import ConnectionState
-
-if TYPE_CHECKING:
-    from .websocket import WebSocket
+from .websocket import ConnectionState, WebSocket
 
 __all__ = ["LimitedReceive", "limit_receive", "violate"]
 
@@ -135,8 +131,7 @@ async def violate(socket: WebSocket, code: int, reason: str, detail: str, level:
         detail,
         code,
     )
-    await socket.close(code, reason)
-    socket._peer_closed = True
+    await socket.terminate(code, reason)
     return {"type": "websocket.disconnect", "code": int(code), "reason": reason}
 
 

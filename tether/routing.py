@@ -1,10 +1,12 @@
-"""Resolve a WebSocket scope to its route and run the handler.
+"""Resolve a WebSocket scope to its route and serve the handler.
 
-Resolution goes through Django's own resolver (so ``include()`` and namespaces
-work) and only accepts patterns made by ``tether.urls.websocket``. Running a
-handler turns every way it can end into a defined close: a peer leaving is
-normal, ``InvalidMessage`` closes with its code, any other exception closes
-with 1011 and is logged with its traceback.
+Resolution goes through Django's own resolver (so ``include()`` and
+namespaces work) over the URLconf's websocket patterns only: an HTTP pattern
+at the same path, earlier or not, never hides a websocket route. Each socket
+gets its own ``ResolverMatch``. Serving plugs the session, user and groups
+into the socket (``Services``), makes every socket whose session carries a
+user a member of ``user_group(user)`` before its handshake is answered, and
+turns every way a handler can end into a defined close (``tether.closing``).
 """
 
 from __future__ import annotations
@@ -13,27 +15,63 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.signals import setting_changed
-from django.urls import Resolver404, ResolverMatch, get_resolver, set_script_prefix
+from django.urls import URLPattern, URLResolver, get_resolver, set_script_prefix
+from django.urls.exceptions import Resolver404
+from django.urls.resolvers import RegexPattern, ResolverMatch
 from django.utils.encoding import escape_uri_path
 
-from ._types import Receive, Scope, Send
-from .auth import user_id
+from ._types import Receive, Scope, Send, User
+from .auth import get_session, has_session_cookie, resolve_user, user_id
+from .closing import close_for_exception
 from .codes import CloseCode
 from .conf import get_setting
-from .exceptions import Disconnected, InvalidMessage, InvalidState
+from .exceptions import Disconnected, InvalidState
+from .hub import discard, get_hub, groups_of, join_user_group, leave
 from .limits import limit_receive
-from .security import origin_refusal, refuse_handshake
+from .security import origin_refusal
 from .urls import Handler, get_handler
 from .websocket import ConnectionState, WebSocket
 
-__all__ = ["WebSocketRouter", "close_for_exception", "resolve_websocket"]
+__all__ = ["SERVICES", "WebSocketRouter", "resolve_websocket"]
 
 logger = logging.getLogger("tether.routing")
 connection_logger = logging.getLogger("tether.connection")
 security_logger = logging.getLogger("tether.security")
+
+
+class _Services:
+    """The session, user and groups of a served socket (see ``tether.websocket.Services``)."""
+
+    def session(self, socket: WebSocket) -> Any:
+        return get_session(socket)
+
+    async def user(self, socket: WebSocket) -> User:
+        return await resolve_user(socket)
+
+    async def join(self, socket: WebSocket, group: str) -> None:
+        await (await get_hub()).join(socket, group)
+
+    async def leave(self, socket: WebSocket, group: str) -> None:
+        await leave(socket, group)
+
+    def groups(self, socket: WebSocket) -> frozenset[str]:
+        return groups_of(socket)
+
+    async def before_accept(self, socket: WebSocket) -> None:
+        """ "Every authenticated socket is in ``user_group(user)``": made true before the accept goes out."""
+        user = socket.resolved_user
+        if user is None and has_session_cookie(socket):
+            user = await socket.auser()
+        if user is not None:
+            await join_user_group(socket, user)
+
+
+SERVICES = _Services()
+"""The services every socket served by tether gets; pass to ``WebSocket(..., services=SERVICES)`` in tests."""
 
 
 def _path_info(scope: Scope) -> str:
@@ -44,28 +82,62 @@ def _path_info(scope: Scope) -> str:
     return path or "/"
 
 
+def _websocket_patterns(patterns: Sequence[Any]) -> list[URLPattern | URLResolver]:
+    """``patterns`` with only websocket routes left (includes kept, with their namespaces, if non-empty)."""
+    kept: list[URLPattern | URLResolver] = []
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            inner = _websocket_patterns(entry.url_patterns)
+            if inner:
+                kept.append(URLResolver(entry.pattern, inner, entry.default_kwargs, entry.app_name, entry.namespace))
+        elif isinstance(entry, URLPattern) and get_handler(entry.callback) is not None:
+            kept.append(entry)
+    return kept
+
+
+@functools.lru_cache(maxsize=8)
+def _websocket_resolver(urlconf: str | None) -> URLResolver:
+    """A resolver over the URLconf's websocket routes only, built from Django's own classes."""
+    full = get_resolver(urlconf)
+    return URLResolver(RegexPattern(r"^/"), _websocket_patterns(full.url_patterns))
+
+
 @functools.lru_cache(maxsize=1024)
 def _resolve(urlconf: str | None, path: str) -> tuple[ResolverMatch | None, str]:
+    try:
+        return _websocket_resolver(urlconf).resolve(path), ""
+    except Resolver404:
+        pass
     try:
         match = get_resolver(urlconf).resolve(path)
     except Resolver404:
         return None, "no URL pattern matches"
-    if get_handler(match.func) is None:
-        return None, f"it resolves to the HTTP view {match._func_path}, not a websocket() route"
-    return match, ""
+    return None, f"it resolves to the HTTP view {match._func_path}, not a websocket() route"
+
+
+def _own_match(match: ResolverMatch) -> ResolverMatch:
+    """A copy of a cached match for one socket: its dicts are its own to change."""
+    mine = ResolverMatch.__new__(ResolverMatch)  # copy.copy() refuses: ResolverMatch forbids pickling
+    mine.__dict__.update(match.__dict__)
+    mine.kwargs = dict(match.kwargs)
+    for name in ("captured_kwargs", "extra_kwargs"):  # Django >= 4.1; not in the stubs
+        setattr(mine, name, dict(getattr(match, name, None) or {}))
+    return mine
 
 
 def _clear_cache(*, setting: str, **kwargs: Any) -> None:
     if setting in ("ROOT_URLCONF", "TETHER"):
         _resolve.cache_clear()
+        _websocket_resolver.cache_clear()
 
 
 setting_changed.connect(_clear_cache)
 
 
 def resolve_websocket(path: str) -> ResolverMatch | None:
-    """The match for a websocket route at ``path``, or None (cached per path)."""
-    return _resolve(get_setting("URLCONF"), path)[0]
+    """The match for a websocket route at ``path``, or None (a fresh match per call)."""
+    match = _resolve(get_setting("URLCONF"), path)[0]
+    return _own_match(match) if match is not None else None
 
 
 class WebSocketRouter:
@@ -76,16 +148,16 @@ class WebSocketRouter:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limited = limit_receive(receive)  # the limits' settings, read once per connection
-        socket = WebSocket(scope, limited or receive, send)
+        socket = WebSocket(scope, limited or receive, send, services=SERVICES)
         if limited is not None:
             limited.socket = socket
         socket.max_message_size = get_setting("MAX_MESSAGE_SIZE")
         handshake_timeout = get_setting("HANDSHAKE_TIMEOUT")
         try:
             if handshake_timeout is None:
-                await socket._await_connect()
+                await socket.receive_connect()
             else:
-                await asyncio.wait_for(socket._await_connect(), handshake_timeout)
+                await asyncio.wait_for(socket.receive_connect(), handshake_timeout)
         except Disconnected:
             return
         except InvalidState as exc:  # a server bug, but not one to crash on
@@ -103,15 +175,15 @@ class WebSocketRouter:
         match, why = _resolve(get_setting("URLCONF"), path)
         if match is None:
             logger.warning("Rejected websocket %s: %s (closed %d)", escape_uri_path(path), why, CloseCode.NOT_FOUND)
-            await refuse_handshake(socket, CloseCode.NOT_FOUND, "no such websocket route")
+            await socket.deny(CloseCode.NOT_FOUND, "no such websocket route")
             return
-        socket.resolver_match = match
+        socket.resolver_match = _own_match(match)
         refusal = origin_refusal(socket)
         if refusal is not None:
             security_logger.warning(
                 "Refused websocket %s: %s (closed %d)", escape_uri_path(path), refusal, CloseCode.FORBIDDEN
             )
-            await refuse_handshake(socket, CloseCode.FORBIDDEN, "origin not allowed")
+            await socket.deny(CloseCode.FORBIDDEN, "origin not allowed")
             return
         handler = get_handler(match.func)
         assert handler is not None
@@ -137,12 +209,11 @@ class WebSocketRouter:
         except Exception as exc:
             await close_for_exception(socket, exc)
         except asyncio.CancelledError:
-            await socket.close(CloseCode.GOING_AWAY, "server shutting down")  # the server is stopping
+            await socket.terminate(CloseCode.GOING_AWAY, "server shutting down")  # the server is stopping
             raise
         finally:
             self.sockets.discard(socket)
-            if socket._member is not None:
-                socket._member.hub.discard(socket)  # no group keeps a closed socket
+            discard(socket)  # no group keeps a closed socket
             if socket.connection_state is not ConnectionState.CLOSED:
                 await socket.close()
             connection_logger.info(
@@ -154,28 +225,5 @@ class WebSocketRouter:
             )
 
     async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
-        """Close every open socket of this process (used at shutdown)."""
-        for socket in list(self.sockets):
-            await socket.close(code, reason)
-
-
-async def close_for_exception(socket: WebSocket, exc: Exception) -> None:
-    """Close ``socket`` as ``exc`` demands: nothing for ``Disconnected``, the
-    message's code for ``InvalidMessage``, 1011 and a traceback for anything else.
-    """
-    if isinstance(exc, Disconnected):
-        return  # the client left: the normal end of a connection
-    if isinstance(exc, InvalidMessage):
-        logger.warning("Closing websocket %s with %d: %s", escape_uri_path(socket.path), exc.code, exc)
-        await socket.close(exc.code, str(exc))
-        return
-    logger.error(
-        "Handler for websocket %s raised; closing with %d",
-        escape_uri_path(socket.path),
-        CloseCode.INTERNAL_ERROR,
-        exc_info=exc,
-    )
-    sink = socket.scope.get("extensions", {}).get("tether.testing")
-    if sink is not None:  # tether.testing re-raises it in the test
-        sink["exceptions"].append(exc)
-    await socket.close(CloseCode.INTERNAL_ERROR)
+        """Close every open socket of this process at once (shutdown); each close is bounded."""
+        await asyncio.gather(*(socket.terminate(code, reason) for socket in list(self.sockets)))

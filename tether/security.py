@@ -1,4 +1,4 @@
-"""Handshake security: the Origin check against Cross-Site WebSocket Hijacking, and refusing a handshake.
+"""Handshake security: the Origin check against Cross-Site WebSocket Hijacking.
 
 A WebSocket handshake carries the browser's cookies but, unlike a form post,
 no CSRF token, so any web page could open a socket as the logged-in user.
@@ -17,14 +17,11 @@ from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
 from .conf import get_setting
-from .exceptions import Disconnected
-from .websocket import ConnectionState, WebSocket, scope_header
+from .websocket import WebSocket, scope_header
 
-__all__ = ["origin_allowed", "origin_refusal", "refuse_handshake"]
+__all__ = ["origin_allowed", "origin_refusal"]
 
 logger = logging.getLogger("tether.security")
-
-_STATUS = 403  # the HTTP status of every refused handshake, whatever the close code
 
 
 def _allowed_hosts() -> list[str]:
@@ -87,34 +84,3 @@ def origin_refusal(socket: WebSocket) -> str | None:
     return (
         f"Origin {origin!r} is not allowed (add it to ALLOWED_HOSTS, CSRF_TRUSTED_ORIGINS or TETHER['ALLOWED_ORIGINS'])"
     )
-
-
-async def refuse_handshake(socket: WebSocket, code: int, reason: str) -> None:
-    """Refuse the handshake: HTTP 403 with ``reason`` as the body when the server
-    supports the ``websocket.http.response`` extension, else a close with ``code``
-    (which servers also turn into a 403). ``socket.close_code`` records ``code``
-    either way. Idempotent; does nothing once the socket is accepted or closed.
-    """
-    if socket.connection_state is not ConnectionState.CONNECTING:
-        return
-    if "websocket.http.response" not in socket.scope.get("extensions", {}):
-        await socket.close(code, reason)
-        return
-    socket.connection_state = ConnectionState.CLOSING
-    try:
-        await socket._await_connect()
-        body = f"{int(code)} {reason}\n".encode()
-        await socket._send(
-            {
-                "type": "websocket.http.response.start",
-                "status": _STATUS,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))],
-            }
-        )
-        await socket._send({"type": "websocket.http.response.body", "body": body})
-    except (Disconnected, OSError):
-        pass  # the peer already left: refused all the same
-    finally:
-        socket.connection_state = ConnectionState.CLOSED
-        if socket.close_code is None:
-            socket.close_code, socket.close_reason = int(code), reason

@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .auth import Guard, run_guards
-from .backends.base import Frame
+from ._types import Frame
+from .closing import close_for_exception
 from .codes import CloseCode
 from .exceptions import InvalidMessage
-from .hub import broadcast
-from .routing import close_for_exception
+from .guards import Guard, run_guards
+from .publish import broadcast
 from .urls import Handler
 from .websocket import ConnectionState, WebSocket, decode_json
 
 if TYPE_CHECKING:
-    from .auth import User
+    from ._types import User
 
 __all__ = ["SocketView"]
 
@@ -43,7 +43,7 @@ class SocketView:
         for key, value in initkwargs.items():
             setattr(self, key, value)
         if type(self).group_message is not SocketView.group_message:
-            socket._group_hook = self.group_message  # the default costs nothing per delivery
+            socket.group_hook = self.group_message  # the default costs nothing per delivery
 
     @classmethod
     def as_handler(cls, **initkwargs: Any) -> Handler:

@@ -1,26 +1,41 @@
-"""The WebSocket connection object: a typed face over ASGI's receive/send.
+"""The WebSocket connection: a typed face over ASGI's receive/send, and the only owner of its state.
 
 One ``ConnectionState`` enum guards every call, so protocol misuse (sending
 before ``accept()``, receiving after ``close()``) raises ``InvalidState`` with
-the fix in its message instead of a server-specific error or a hang.
+the fix in its message instead of a server-specific error or a hang. Only this
+module writes the state. A connection ends one of three ways, and the
+handler's next ``receive*``/``send_*`` tells which:
+
+- the handler closed it (``close()``): ``InvalidState``, a bug in the handler;
+- the client left: ``Disconnected(code)``;
+- tether closed it (``terminate()``: overflow, limits, revoked login,
+  shutdown): ``Disconnected(code)`` too, as if the client had left, so
+  handlers need no code of their own. A handler blocked in ``receive()`` is
+  woken with it.
+
+Sessions, users and groups belong to layers above (``tether.auth``,
+``tether.hub``); the router plugs them in through ``Services``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
-from enum import Enum
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import QueryDict
 from django.http.cookie import parse_cookie
 from django.utils.datastructures import CaseInsensitiveMapping
+from django.utils.encoding import escape_uri_path
 from django.utils.functional import cached_property
 
-from ._types import Message, Receive, Scope, Send
+from ._types import Frame, Message, Receive, Scope, Send, User
 from .codes import CloseCode
 from .exceptions import Disconnected, InvalidMessage, InvalidState
 
@@ -28,17 +43,86 @@ if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase
     from django.urls import ResolverMatch
 
-    from .auth import User
-    from .hub import GroupHook, _Member
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "ConnectionState",
+    "GroupHook",
+    "Services",
+    "WebSocket",
+    "decode_json",
+    "encode_json",
+    "scope_header",
+]
 
-__all__ = ["ConnectionState", "WebSocket", "decode_json", "encode_json", "scope_header"]
+logger = logging.getLogger("tether.connection")
+limits_logger = logging.getLogger("tether.limits")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds ``terminate()`` waits for the server to take the close frame before giving up on it.
+
+A client that stops reading keeps the server's write buffer full, so the close
+frame may never go out; tether releases the connection anyway after this long.
+"""
+
+GroupHook = Callable[[str, Frame], Awaitable[Frame | None]]
+"""Called with ``(group, frame)`` before a group message goes out; returns the frame to send, or None."""
 
 
-class ConnectionState(Enum):
+class ConnectionState(enum.Enum):
     CONNECTING = "connecting"  # handshake not answered yet
     OPEN = "open"  # accepted: send and receive allowed
-    CLOSING = "closing"  # close() under way
+    CLOSING = "closing"  # a close is under way
     CLOSED = "closed"  # closed by either side
+
+
+class _Closer(enum.Enum):
+    HANDLER = "handler"
+    PEER = "peer"
+    TETHER = "tether"
+
+
+class Services(Protocol):
+    """What the layers above plug into a socket: its session and user, its groups, the accept hook."""
+
+    def session(self, socket: WebSocket) -> SessionBase: ...
+
+    async def user(self, socket: WebSocket) -> User: ...
+
+    async def join(self, socket: WebSocket, group: str) -> None: ...
+
+    async def leave(self, socket: WebSocket, group: str) -> None: ...
+
+    def groups(self, socket: WebSocket) -> frozenset[str]: ...
+
+    async def before_accept(self, socket: WebSocket) -> None: ...
+
+
+class _Unserved:
+    """The services of a socket built outside tether's router: none."""
+
+    def _refuse(self, what: str) -> InvalidState:
+        return InvalidState(f"{what} needs a socket served by tether's router (or tether.testing.connect())")
+
+    def session(self, socket: WebSocket) -> SessionBase:
+        raise self._refuse("socket.session")
+
+    async def user(self, socket: WebSocket) -> User:
+        raise self._refuse("socket.auser()")
+
+    async def join(self, socket: WebSocket, group: str) -> None:
+        raise self._refuse("socket.join()")
+
+    async def leave(self, socket: WebSocket, group: str) -> None:
+        raise self._refuse("socket.leave()")
+
+    def groups(self, socket: WebSocket) -> frozenset[str]:
+        return frozenset()
+
+    async def before_accept(self, socket: WebSocket) -> None:
+        return None
+
+
+_UNSERVED = _Unserved()
 
 
 def encode_json(data: Any) -> str:
@@ -49,29 +133,33 @@ def encode_json(data: Any) -> str:
 class WebSocket:
     """One WebSocket connection, handed to every handler.
 
-    Receiving methods raise ``Disconnected`` when the client goes away; the
-    ``iter_*`` methods end quietly instead. Sending methods raise
-    ``Disconnected`` if the client is gone and ``InvalidState`` before
-    ``accept()`` or after ``close()``.
+    Receiving methods raise ``Disconnected`` when the client goes away (or
+    tether closed the socket); the ``iter_*`` methods end quietly instead.
+    Sending methods raise ``Disconnected`` likewise, and ``InvalidState``
+    before ``accept()`` or after the handler's own ``close()``.
     """
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, *, services: Services | None = None) -> None:
         if scope["type"] != "websocket":
             raise ValueError(f"WebSocket needs a 'websocket' scope, got {scope['type']!r}")
         self.scope = scope
         self._receive = receive
         self._send = send
+        self._services: Services = services if services is not None else _UNSERVED
         self.connection_state = ConnectionState.CONNECTING
         self.close_code: int | None = None  # set once closed, by either side
         self.close_reason = ""
-        self._connect_received = False
-        self._peer_closed = False  # the client closed first: later calls raise Disconnected again
+        self._closer: _Closer | None = None
+        self._closing: asyncio.Future[None] | None = None  # set while a close is under way, for its waiters
+        self._connect: asyncio.Future[None] | None = None  # the websocket.connect event, taken once
+        self._opened: asyncio.Future[bool] | None = None  # wait_open()'s waiters
+        self._receiving: asyncio.Task[Any] | None = None  # the task blocked in receive(), woken by terminate()
+        self._woken = False
         self.max_message_size: int | None = None  # bytes; set from TETHER["MAX_MESSAGE_SIZE"] by the router
         self.resolver_match: ResolverMatch | None = None
         self.state = SimpleNamespace()  # free for the application's per-connection data
-        self._member: _Member | None = None  # the hub's record of this socket's groups
-        self._group_hook: GroupHook | None = None  # SocketView.group_message, when overridden
-        self._user: User | None = None  # resolved by auser() (tether.auth)
+        self.group_hook: GroupHook | None = None  # see GroupHook; SocketView sets it to group_message
+        self._user: User | None = None
         self._user_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
@@ -115,7 +203,7 @@ class WebSocket:
         client = self.scope.get("client")
         return (str(client[0]), int(client[1])) if client else None
 
-    # -- session and user (tether.auth) ----------------------------------
+    # -- session, user and groups (provided by the layers above) ----------
 
     @cached_property
     def session(self) -> SessionBase:
@@ -123,43 +211,87 @@ class WebSocket:
 
         Loads lazily: read it with the async accessors (``await socket.session.aget(key)``).
         """
-        from .auth import get_session
-
-        return get_session(self)
+        return self._services.session(self)
 
     async def auser(self) -> User:
         """The user behind the session cookie (``AnonymousUser`` without one), like ``request.auser()``.
 
-        Resolved once per connection without blocking the event loop; later
-        calls, and ``socket.user``, return the same object.
+        Resolved once per connection without blocking the event loop (and
+        with no other side effect); concurrent and later calls, and
+        ``socket.user``, get the same object.
         """
-        from .auth import resolve_user
-
-        return self._user if self._user is not None else await resolve_user(self)
+        if self._user is None:
+            if self._user_lock is None:
+                self._user_lock = asyncio.Lock()
+            async with self._user_lock:
+                if self._user is None:
+                    self._user = await self._services.user(self)
+        return self._user
 
     @property
     def user(self) -> User:
         """The user from ``await socket.auser()``; raises ``InvalidState`` before it.
 
-        SocketView and the guards resolve it before your code runs.
+        SocketView, the guards and ``accept()`` (for a socket with a session
+        cookie) resolve it before your code needs it.
         """
         if self._user is None:
             raise InvalidState("socket.user is not resolved yet: call await socket.auser() first")
         return self._user
 
+    @property
+    def resolved_user(self) -> User | None:
+        """The user if ``auser()`` resolved it already, else None (never does I/O; for log lines)."""
+        return self._user
+
+    async def join(self, group: str) -> None:
+        """Receive what is broadcast to ``group`` from now on; returns once delivery is in place. Idempotent.
+
+        Raises ``InvalidGroup`` for a bad name, ``InvalidState`` on a closed
+        socket. Membership ends by itself when the socket closes. Joining
+        before ``accept()`` is allowed: messages wait for the handshake.
+        """
+        await self._services.join(self, group)
+
+    async def leave(self, group: str) -> None:
+        """Stop receiving ``group``'s messages. Idempotent; raises ``InvalidGroup`` for a bad name."""
+        await self._services.leave(self, group)
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups this socket is in."""
+        return self._services.groups(self)
+
     # -- handshake and closing ------------------------------------------
 
-    async def _await_connect(self) -> None:
-        """Take the ``websocket.connect`` event; idempotent."""
-        if self._connect_received:
+    async def receive_connect(self) -> None:
+        """Take the server's ``websocket.connect`` event; idempotent and safe to call concurrently.
+
+        The router calls it before resolving the route. Raises
+        ``Disconnected`` if the client left first.
+        """
+        connect = self._connect
+        if connect is not None:
+            if not connect.done() or connect.exception() is not None:
+                await asyncio.shield(connect)  # another task is taking it: share its outcome
             return
-        message = await self._receive()
-        if message["type"] == "websocket.disconnect":
-            self._closed_by_peer(message)
-            raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-        if message["type"] != "websocket.connect":
-            raise InvalidState(f"expected websocket.connect, the server sent {message['type']!r}")
-        self._connect_received = True
+        connect = self._connect = asyncio.get_running_loop().create_future()
+        try:
+            message = await self._receive()
+            if message["type"] == "websocket.disconnect":
+                self._peer_closed(message)
+                raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
+            if message["type"] != "websocket.connect":
+                raise InvalidState(f"expected websocket.connect, the server sent {message['type']!r}")
+        except asyncio.CancelledError:
+            self._connect = None  # nothing taken: a later call tries again
+            connect.cancel()
+            raise
+        except Exception as exc:
+            connect.set_exception(exc)
+            connect.exception()  # retrieved: raised here and to the other waiters
+            raise
+        connect.set_result(None)
 
     async def accept(
         self,
@@ -169,7 +301,10 @@ class WebSocket:
         """Complete the handshake; from now on the socket can send and receive.
 
         ``subprotocol`` must be one the client offered (see ``subprotocols``).
-        Raises ``InvalidState`` if already accepted or closed.
+        Before answering, a socket whose session carries a user resolves it
+        and joins ``user_group(user)``. Raises ``InvalidState`` if already
+        accepted or closed, ``Disconnected`` if the client left or tether
+        closed the socket meanwhile.
         """
         if self.connection_state is not ConnectionState.CONNECTING:
             raise InvalidState(
@@ -179,87 +314,208 @@ class WebSocket:
             raise ValueError(
                 f"subprotocol {subprotocol!r} was not offered by the client (it offered {self.subprotocols})"
             )
-        await self._await_connect()
+        await self.receive_connect()
+        await self._services.before_accept(self)
         pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
         message: Message = {
             "type": "websocket.accept",
             "subprotocol": subprotocol,
             "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs],
         }
-        await self._send(message)
+        if self.connection_state is not ConnectionState.CONNECTING:  # closed while resolving the user
+            self._raise_closed("accept()")
+        try:
+            await self._send(message)
+        except OSError as exc:
+            self._peer_gone(exc)
+        if self.connection_state is not ConnectionState.CONNECTING:  # closed while the accept went out
+            self._raise_closed("accept()")
         self.connection_state = ConnectionState.OPEN
-        if self._member is not None:
-            self._member.wake()  # group messages that arrived before accept() go out now
+        self._settle_opened(True)
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection, or refuse it if not yet accepted (the server answers 403).
 
-        Idempotent: closing a closed socket does nothing. Safe to call from
-        another task than the one receiving.
+        Idempotent: closing a closed socket does nothing, and a close under
+        way in another task is waited for. Safe to call from another task
+        than the one receiving. The close frame gets ``CLOSE_TIMEOUT`` seconds
+        to go out. Afterwards the handler's own
+        ``receive``/``send`` raise ``InvalidState``.
         """
-        if self.connection_state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+        await self._close(_Closer.HANDLER, code, reason)
+
+    async def terminate(self, code: int, reason: str = "", *, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the connection on tether's behalf (overflow, limits, revoked login, shutdown).
+
+        The handler's next ``receive*``/``send_*`` raises ``Disconnected(code)``,
+        and one blocked in ``receive()`` is woken with it. The close frame gets
+        ``timeout`` seconds to go out (a client that stops reading may never
+        take it); then tether gives up on it and logs so. Idempotent; never
+        raises for a peer that is gone.
+        """
+        if self.connection_state is ConnectionState.CLOSED:
+            return
+        if self._closer is not None:
+            await self._wait_closing()
+            return
+        self._record_close(_Closer.TETHER, code, reason)
+        self._wake_receiver()
+        await self._close(_Closer.TETHER, code, reason, timeout)
+
+    async def deny(self, code: int, reason: str, status: int = 403) -> None:
+        """Refuse the handshake: HTTP ``status`` with ``"<code> <reason>"`` as the body when the
+        server supports the ``websocket.http.response`` extension, else a close with
+        ``code`` (which servers also turn into a 403). ``close_code`` records ``code``
+        either way. Does nothing once the socket is accepted or closed.
+        """
+        if self.connection_state is not ConnectionState.CONNECTING:
+            return
+        if "websocket.http.response" not in self.scope.get("extensions", {}):
+            await self._close(_Closer.TETHER, code, reason)
+            return
+        self._record_close(_Closer.TETHER, code, reason)
+        self._start_closing()
+        body = f"{int(code)} {reason}\n".encode()
+        try:
+            await self.receive_connect()
+            await self._send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", b"%d" % len(body)),
+                    ],
+                }
+            )
+            await self._send({"type": "websocket.http.response.body", "body": body})
+        except (Disconnected, OSError):
+            pass  # the peer already left: refused all the same
+        finally:
+            self._set_closed()
+
+    async def _close(self, closer: _Closer, code: int, reason: str, timeout: float = CLOSE_TIMEOUT) -> None:
+        if self.connection_state is ConnectionState.CLOSED:
+            return
+        if self.connection_state is ConnectionState.CLOSING:
+            await self._wait_closing()  # another task's close is under way (bounded by its timeout)
             return
         handshake = self.connection_state is ConnectionState.CONNECTING
-        self.connection_state = ConnectionState.CLOSING
         reason = reason.encode()[:123].decode(errors="ignore")  # a close frame holds 123 bytes of reason
+        self._record_close(closer, code, reason)
+        self._start_closing()
         try:
             if handshake:
-                await self._await_connect()
-            await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
-        except (Disconnected, OSError):
-            pass  # the peer is already gone: closed all the same
+                await self.receive_connect()
+            await asyncio.wait_for(
+                self._send({"type": "websocket.close", "code": int(code), "reason": reason}), timeout
+            )
+        except asyncio.TimeoutError:
+            logger.warning(
+                "Gave up sending close %d to websocket %s after %gs: the client isn't reading; connection released",
+                int(code),
+                escape_uri_path(self.path),
+                timeout,
+            )
+        except (Disconnected, OSError, RuntimeError) as exc:
+            # The peer is already gone (a RuntimeError is a server refusing the close after its own).
+            logger.debug("websocket %s: close %d not sent: %r", escape_uri_path(self.path), int(code), exc)
         finally:
-            self.connection_state = ConnectionState.CLOSED
-            if self.close_code is None:
-                self.close_code, self.close_reason = int(code), reason
+            self._set_closed()
 
-    def _closed_by_peer(self, message: Message) -> None:
+    def _record_close(self, closer: _Closer, code: int, reason: str) -> None:
+        if self._closer is None:
+            self._closer = closer
+            self.close_code, self.close_reason = int(code), reason
+
+    def _start_closing(self) -> None:
+        self.connection_state = ConnectionState.CLOSING
+        self._settle_opened(False)
+
+    async def _wait_closing(self) -> None:
+        if self.connection_state is ConnectionState.CLOSING:
+            if self._closing is None:
+                self._closing = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._closing)
+
+    def _set_closed(self) -> None:
         self.connection_state = ConnectionState.CLOSED
-        if self.close_code is None:
-            self._peer_closed = True
-            self.close_code = int(message.get("code") or CloseCode.ABNORMAL_CLOSURE)
-            self.close_reason = str(message.get("reason") or "")
+        self._settle_opened(False)
+        closing = self._closing
+        if closing is not None and not closing.done():
+            closing.set_result(None)
 
-    # -- groups ---------------------------------------------------------
+    def _peer_closed(self, message: Message) -> None:
+        self._record_close(
+            _Closer.PEER, int(message.get("code") or CloseCode.ABNORMAL_CLOSURE), str(message.get("reason") or "")
+        )
+        self._set_closed()
 
-    async def join(self, group: str) -> None:
-        """Receive what is broadcast to ``group`` from now on. Idempotent.
+    def _peer_gone(self, exc: OSError) -> NoReturn:
+        """The server could not send: the peer is gone."""
+        self._peer_closed({"code": CloseCode.ABNORMAL_CLOSURE})
+        raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason) from exc
 
-        Raises ``InvalidGroup`` for a bad name, ``InvalidState`` on a closed
-        socket. Membership ends by itself when the socket closes. Joining
-        before ``accept()`` is allowed: messages wait for the handshake.
-        """
-        from .hub import get_hub
+    def _raise_closed(self, doing: str) -> NoReturn:
+        """Raise the right error for ``doing`` on a socket that is not open."""
+        if self.connection_state is ConnectionState.CONNECTING:
+            raise InvalidState(f"{doing} before accept(): call await socket.accept() first")
+        if self._closer is _Closer.HANDLER:
+            raise InvalidState(f"{doing} after close(): the socket is closed")
+        raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
 
-        await (await get_hub()).join(self, group)
+    def _settle_opened(self, opened: bool) -> None:
+        waiter = self._opened
+        if waiter is not None and not waiter.done():
+            waiter.set_result(opened)
 
-    async def leave(self, group: str) -> None:
-        """Stop receiving ``group``'s messages. Idempotent; raises ``InvalidGroup`` for a bad name."""
-        from .hub import validate_group
+    def _wake_receiver(self) -> None:
+        task = self._receiving
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            self._woken = True
+            task.cancel()
 
-        validate_group(group)
-        if self._member is not None:
-            await self._member.hub.leave(self, group)
-
-    @property
-    def groups(self) -> frozenset[str]:
-        """The groups this socket is in."""
-        return frozenset(self._member.groups) if self._member is not None else frozenset()
+    async def wait_open(self) -> bool:
+        """Wait until the handshake is answered: True once accepted, False if it was closed instead."""
+        state = self.connection_state
+        if state is ConnectionState.OPEN:
+            return True
+        if state is not ConnectionState.CONNECTING:
+            return False
+        if self._opened is None:
+            self._opened = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._opened)
 
     # -- receiving ------------------------------------------------------
 
     async def receive(self) -> str | bytes:
         """Wait for the next message: ``str`` for a text frame, ``bytes`` for a binary one.
 
-        Raises ``Disconnected`` when the client leaves (and again on every later
-        call), ``InvalidState`` before ``accept()`` or after ``close()``. A
-        message over ``max_message_size`` closes the socket with 1009 and raises
+        Raises ``Disconnected`` when the client leaves or tether closed the
+        socket (and again on every later call), ``InvalidState`` before
+        ``accept()`` or after ``close()``. A message over
+        ``max_message_size`` closes the socket with 1009 and raises
         ``Disconnected(1009)``.
         """
         if self.connection_state is not ConnectionState.OPEN:
-            self._check_can_receive()
-        message = await self._receive()
-        if message["type"] == "websocket.receive":
+            self._raise_closed("receive()")
+        self._receiving = asyncio.current_task()
+        try:
+            message = await self._receive()
+        except asyncio.CancelledError:
+            if not self._woken:
+                raise
+            self._woken = False  # terminate() woke us: the connection is over
+            task = self._receiving
+            if sys.version_info >= (3, 11) and task is not None:
+                task.uncancel()
+            self._raise_closed("receive()")
+        finally:
+            self._receiving = None
+        kind = message["type"]
+        if kind == "websocket.receive":
+            if self.connection_state is not ConnectionState.OPEN:
+                self._raise_closed("receive()")  # tether closed it while this message was on its way
             data: str | bytes | None = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
@@ -267,27 +523,22 @@ class WebSocket:
             if limit is not None and len(data) * 4 > limit and _size(data) > limit:
                 await self._too_big(_size(data), limit)
             return data
-        if message["type"] == "websocket.disconnect":
-            self._closed_by_peer(message)
+        if kind == "websocket.disconnect":
+            self._peer_closed(message)
             raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-        raise InvalidState(f"unexpected ASGI message {message['type']!r} while receiving")
+        raise InvalidState(f"unexpected ASGI message {kind!r} while receiving")
 
     async def _too_big(self, size: int, limit: int) -> None:
-        from .limits import violate
-
-        detail = f"message of {size} bytes is over MAX_MESSAGE_SIZE={limit}"
-        await violate(self, CloseCode.MESSAGE_TOO_BIG, "message too big", detail)
+        limits_logger.warning(
+            "Closing websocket %s for user %s: message of %d bytes is over MAX_MESSAGE_SIZE=%d (closed %d)",
+            escape_uri_path(self.path),
+            _user_label(self._user),
+            size,
+            limit,
+            CloseCode.MESSAGE_TOO_BIG,
+        )
+        await self.terminate(CloseCode.MESSAGE_TOO_BIG, "message too big")
         raise Disconnected(CloseCode.MESSAGE_TOO_BIG, "message too big")
-
-    def _check_can_receive(self) -> None:
-        state = self.connection_state
-        if state is ConnectionState.OPEN:
-            return
-        if state is ConnectionState.CONNECTING:
-            raise InvalidState("receive() before accept(): call await socket.accept() first")
-        if self._peer_closed:
-            raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-        raise InvalidState("receive() after close(): the socket is closed")
 
     async def receive_text(self) -> str:
         """The next text message; a binary frame raises ``InvalidMessage`` (close code 1003)."""
@@ -345,38 +596,52 @@ class WebSocket:
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes a str, not {type(data).__name__}; use send_bytes() or send_json()")
         if self.connection_state is not ConnectionState.OPEN:
-            self._refuse_send()
+            self._raise_closed("send")
         try:
             await self._send({"type": "websocket.send", "text": data})
         except OSError as exc:  # e.g. uvicorn's ClientDisconnected
-            self._send_failed(exc)
+            self._peer_gone(exc)
 
     async def send_bytes(self, data: bytes) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}; use send_text() or send_json()")
         if self.connection_state is not ConnectionState.OPEN:
-            self._refuse_send()
+            self._raise_closed("send")
         try:
             await self._send({"type": "websocket.send", "bytes": bytes(data)})
         except OSError as exc:
-            self._send_failed(exc)
+            self._peer_gone(exc)
 
     async def send_json(self, data: Any) -> None:
         """Send ``data`` as one JSON text frame (DjangoJSONEncoder: dates, UUIDs, Decimals work)."""
         await self.send_text(encode_json(data))
 
-    def _refuse_send(self) -> None:
-        """Raise the right error for a send in a state other than OPEN."""
-        if self.connection_state is ConnectionState.CONNECTING:
-            raise InvalidState("send before accept(): call await socket.accept() first")
-        if self._peer_closed:
-            raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-        raise InvalidState("send after close(): the socket is closed")
+    async def send_frame(self, frame: Frame) -> bool:
+        """Send an encoded frame if the socket is open; False, sending nothing, if it is not.
 
-    def _send_failed(self, exc: OSError) -> NoReturn:
-        """The server could not send: the peer is gone."""
-        self._closed_by_peer({"code": CloseCode.ABNORMAL_CLOSURE})
-        raise Disconnected(CloseCode.ABNORMAL_CLOSURE) from exc
+        The hub's writers send through here: the state is checked right
+        before the send, after whatever they awaited, so nothing ever goes
+        out after a close. Never raises for a closed socket or a gone peer.
+        """
+        if self.connection_state is not ConnectionState.OPEN:
+            return False
+        message: Message = (
+            {"type": "websocket.send", "text": frame}
+            if type(frame) is str
+            else {"type": "websocket.send", "bytes": frame}
+        )
+        try:
+            await self._send(message)
+        except OSError:
+            self._peer_closed({"code": CloseCode.ABNORMAL_CLOSURE})
+            return False
+        return True
+
+
+def _user_label(user: User | None) -> str:
+    if user is None:
+        return "-"
+    return str(user.pk) if user.is_authenticated else "anonymous"
 
 
 def scope_header(scope: Scope, name: bytes) -> str | None:

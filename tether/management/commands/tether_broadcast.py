@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tether.exceptions import BackendUnavailable, InvalidGroup
-from tether.hub import broadcast_sync
+from tether.publish import broadcast_sync
 
 
 class Command(BaseCommand):

@@ -1,0 +1,175 @@
+"""Broadcast from anywhere: async code, sync views, threads, management commands, ``on_commit``.
+
+Under ASGI every publish goes through the server's hub (``tether.hub``),
+whichever thread it comes from. Where no hub runs (a WSGI view, a Celery
+worker, the shell) a small background thread per process runs a publish-only
+backend, so no event loop is needed. This module uses the hub's public
+surface only; the hub knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from functools import partial
+from typing import Any
+
+from django.core.exceptions import SynchronousOnlyOperation
+from django.core.signals import setting_changed
+from django.db import transaction
+
+from ._types import Frame
+from .backends.base import Backend, load_backend
+from .backends.memory import MemoryBackend
+from .exceptions import BackendUnavailable
+from .groups import encode_message, validate_group
+from .hub import current_hub, get_hub
+
+__all__ = ["broadcast", "broadcast_on_commit", "broadcast_sync"]
+
+logger = logging.getLogger("tether.hub")
+
+_SYNC_TIMEOUT = 30.0  # seconds broadcast_sync() waits for the backend before giving up
+
+
+async def broadcast(group: str, message: Any) -> None:
+    """Send ``message`` to every socket in ``group``, in every process.
+
+    Encoded once (see ``encode_message``). Returns once the backend took it;
+    raises ``InvalidGroup``, ``TypeError`` for a message it can't encode, and
+    ``BackendUnavailable`` when the broker is down (nothing was sent).
+    """
+    frame = encode_message(message)
+    validate_group(group)
+    loop = asyncio.get_running_loop()
+    hub = current_hub()
+    if hub is not None and hub.loop is not loop and hub.loop.is_running():
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(hub.publish(group, frame), hub.loop))
+        return
+    await (await get_hub()).publish(group, frame)
+
+
+def broadcast_sync(group: str, message: Any) -> None:
+    """``broadcast()`` for sync code: views (ASGI or WSGI), Celery tasks, management commands, the shell.
+
+    Blocks until the backend took the message. Under ASGI it publishes through
+    the server's hub; elsewhere through a small background publisher thread
+    (one per process, started on first use). Raises like ``broadcast()``, and
+    ``SynchronousOnlyOperation`` at once when called on a running event loop's
+    thread (it would block that loop: ``await broadcast()`` there).
+    """
+    frame = encode_message(message)
+    validate_group(group)
+    _publish_frame_sync(group, frame)
+
+
+def _publish_frame_sync(group: str, frame: Frame) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise SynchronousOnlyOperation(
+            "broadcast_sync() was called on a running event loop's thread, where it would block the loop: "
+            "use await broadcast() in async code"
+        )
+    hub = current_hub()
+    if hub is not None and hub.loop.is_running():
+        _wait(asyncio.run_coroutine_threadsafe(hub.publish(group, frame), hub.loop))
+    else:
+        _get_publisher().publish(group, frame)
+
+
+def broadcast_on_commit(group: str, message: Any, using: str | None = None) -> None:
+    """Broadcast ``message`` when the current transaction on ``using`` commits; never if it rolls back.
+
+    The message is validated and encoded now, so a bad one raises here and
+    not after the commit. Outside a transaction it is sent at once.
+    """
+    frame = encode_message(message)
+    validate_group(group)
+    transaction.on_commit(partial(_publish_frame_sync, group, frame), using=using)
+
+
+def _wait(future: Future[None]) -> None:
+    try:
+        future.result(_SYNC_TIMEOUT)
+    except (TimeoutError, FutureTimeoutError):  # two classes on Python 3.10, one from 3.11
+        future.cancel()
+        raise BackendUnavailable(f"the backend did not take the message within {_SYNC_TIMEOUT:.0f}s") from None
+
+
+class _Publisher:
+    """A daemon thread running an event loop with a publish-only backend, for sync callers."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.backend: Backend | None = None
+        self._starting: asyncio.Lock | None = None
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tether-publisher", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def publish(self, group: str, frame: Frame) -> None:
+        _wait(asyncio.run_coroutine_threadsafe(self._publish(group, frame), self.loop))
+
+    async def _publish(self, group: str, frame: Frame) -> None:
+        backend = self.backend
+        if backend is None:
+            if self._starting is None:
+                self._starting = asyncio.Lock()
+            async with self._starting:  # two first callers at once start one backend
+                if self.backend is None:
+                    started = load_backend()
+                    await started.start()
+                    if isinstance(started, MemoryBackend):
+                        logger.warning(
+                            "broadcast_sync() with no server running in this process uses the memory backend, "
+                            "which reaches only this process's sockets: set TETHER['BACKEND'] to the Redis or "
+                            "PostgreSQL backend to reach a server's sockets"
+                        )
+                    self.backend = started
+            backend = self.backend
+            assert backend is not None
+        await backend.publish(group, frame)
+
+    def close(self) -> None:
+        """Stop the backend and the thread (at interpreter exit). Idempotent."""
+        if self.loop.is_closed() or not self.thread.is_alive():
+            return
+        if self.backend is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self.backend.stop(), self.loop).result(5)
+            except Exception:
+                logger.debug("tether publisher backend did not stop cleanly", exc_info=True)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+_publisher: _Publisher | None = None
+_publisher_lock = threading.Lock()
+
+
+def _get_publisher() -> _Publisher:
+    global _publisher
+    with _publisher_lock:
+        if _publisher is None or _publisher.pid != os.getpid() or not _publisher.thread.is_alive():
+            _publisher = _Publisher()
+        return _publisher
+
+
+def _reset_on_settings_change(*, setting: str, **kwargs: Any) -> None:
+    global _publisher
+    if setting == "TETHER":
+        if _publisher is not None:
+            _publisher.close()
+        _publisher = None
+
+
+setting_changed.connect(_reset_on_settings_change)
