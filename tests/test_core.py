@@ -259,6 +259,26 @@ async def test_the_second_of_two_concurrent_joins_waits_for_the_subscription() -
     await hub.stop()
 
 
+async def test_leaving_while_the_subscription_is_on_its_way_leaves_no_subscription_behind() -> None:
+    """Found by the fuzz test: the last member leaves while the broker answers the join. The
+    hub ends unsubscribed (the backend is not left listening to a group nobody is in)."""
+    backend = GatedBackend()
+    hub = Hub(asyncio.get_running_loop(), backend)
+    await hub.start()
+    group = new_group()
+    socket = _served_socket([])
+    await socket.accept()
+    joining = asyncio.create_task(hub.join(socket, group))
+    await backend.entered.wait()
+    await hub.leave(socket, group)
+    backend.gate.set()
+    await joining
+    while hub._tasks:
+        await asyncio.gather(*list(hub._tasks))
+    assert backend._groups == set() and hub._subscribed == set() and hub._locks == {}
+    await hub.stop()
+
+
 # -- 5. every primary key has a valid, distinct user group ---------------------------------------
 
 

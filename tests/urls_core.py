@@ -13,4 +13,5 @@ urlpatterns = [
     websocket("core/kwargs/<str:room>/", core_sockets.kwargs_mutator, name="kwargs"),
     path("core/shadow/", lambda request: HttpResponse("http"), name="shadow-http"),  # earlier, same path
     websocket("core/shadow/", core_sockets.shadow_echo, name="shadow-ws"),
+    websocket("core/fuzz/<int:n>/", core_sockets.fuzz_handler, name="fuzz"),
 ]

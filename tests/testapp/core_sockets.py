@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tether import SocketView, WebSocket
+from tether import Disconnected, InvalidMessage, SocketView, WebSocket
 from tether._types import Frame
 
 OUTCOMES: list[tuple[str, str, int | None]] = []  # (step, exception class, close code)
@@ -89,3 +89,34 @@ async def shadow_echo(socket: WebSocket) -> None:
     await socket.accept()
     async for text in socket.iter_text():
         await socket.send_text(f"ws:{text}")
+
+
+ENDINGS: list[Any] = []  # how each fuzz handler ended: a close code, "closed", or what escaped
+
+
+async def fuzz_handler(socket: WebSocket) -> None:
+    """Obeys its client: "join g", "leave g", "both g h" (two joins at once), "echo x", "close"."""
+    try:
+        await socket.accept()
+        while True:
+            command, _, arg = (await socket.receive_text()).partition(" ")
+            if command == "join":
+                await socket.join(arg)
+            elif command == "leave":
+                await socket.leave(arg)
+            elif command == "both":
+                await asyncio.gather(*(socket.join(group) for group in arg.split()))
+            elif command == "echo":
+                await socket.send_text(arg)
+            elif command == "close":
+                await socket.close()
+                ENDINGS.append("closed")
+                return
+    except Disconnected as exc:
+        ENDINGS.append(exc.code)
+    except InvalidMessage:
+        ENDINGS.append("invalid")  # a binary frame for receive_text(): tether closes with 1003
+        raise
+    except BaseException as exc:
+        ENDINGS.append(repr(exc))
+        raise
