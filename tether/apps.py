@@ -1,9 +1,13 @@
 from django.apps import AppConfig
 
 from . import checks  # noqa: F401  (importing registers the system checks)
+from .revocation import connect_signals
 
 
 class TetherConfig(AppConfig):
     name = "tether"
     verbose_name = "Tether (WebSockets)"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        connect_signals()  # sockets closed when the login behind them ends (tether.revocation)

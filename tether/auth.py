@@ -1,4 +1,4 @@
-"""Django sessions and users on sockets.
+"""Django sessions, users and bearer tokens on sockets.
 
 ``socket.session`` is the session named by the handshake's session cookie
 (any ``SESSION_ENGINE``); ``await socket.auser()`` resolves the user through
@@ -6,23 +6,78 @@ Django's own ``aget_user`` (so the session's auth hash is verified: a session
 invalidated by a password change has no user), once per connection. Nothing
 touches the session store until someone asks. Joining ``user_group(user)`` is
 not done here but where the socket is served (``tether.routing``).
+
+Clients without cookies (mobile apps, CLIs, a page on another origin) present
+a token from ``issue_token(user)`` instead: ``Authorization: Bearer <token>``,
+or, from a browser (which can't set headers), an offered subprotocol
+``bearer.<token>`` next to a real one. A token is signed with ``SECRET_KEY``
+(``django.core.signing``), names the user's primary key, expires, and carries
+an HMAC keyed by the user's session auth hash, so changing the password voids
+every token issued before. Tokens are never read from the query string (URLs
+end up in access logs) and never logged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import math
+import time
+from datetime import timedelta
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
-from django.contrib.auth import aget_user
+from django.contrib.auth import (
+    BACKEND_SESSION_KEY,
+    HASH_SESSION_KEY,
+    SESSION_KEY,
+    aget_user,
+    get_user_model,
+    load_backend,
+)
+from django.core import signing
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.http import HttpRequest, JsonResponse
+from django.utils.crypto import constant_time_compare
+from django.views.decorators.cache import never_cache
 
 from ._types import User
-from .websocket import WebSocket
+from .conf import get_setting
+from .exceptions import InvalidToken
+from .websocket import TOKEN_SUBPROTOCOL_PREFIX, WebSocket
 
 if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase
 
-__all__ = ["User", "get_session", "has_session_cookie", "resolve_user", "user_id"]
+__all__ = [
+    "LOGIN_KEY",
+    "User",
+    "acheck_credentials",
+    "acheck_session",
+    "anonymous_user",
+    "averify_token",
+    "bearer_token",
+    "credential_digest",
+    "get_session",
+    "has_session_cookie",
+    "issue_token",
+    "resolve_user",
+    "session_ref",
+    "token_view",
+    "user_id",
+]
+
+LOGIN_KEY = "_tether_login"
+"""The session key under which tether keeps a random id of the login (written at ``user_logged_in``).
+
+Django's ``update_session_auth_hash()`` gives the session a new key but keeps
+its data, so this id still names the login afterwards (``tether.revocation``).
+"""
+
+_TOKEN_SALT = "tether.auth.token"
+_DIGEST_MESSAGE = b"tether.auth.credentials"
 
 
 def get_session(socket: WebSocket) -> SessionBase:
@@ -34,6 +89,13 @@ def get_session(socket: WebSocket) -> SessionBase:
     engine = import_module(settings.SESSION_ENGINE)
     store: SessionBase = engine.SessionStore(socket.cookies.get(settings.SESSION_COOKIE_NAME))
     return store
+
+
+def anonymous_user() -> User:
+    """A fresh ``AnonymousUser``."""
+    from django.contrib.auth.models import AnonymousUser  # needs the app registry: not at import time
+
+    return AnonymousUser()
 
 
 def has_session_cookie(socket: WebSocket) -> bool:
@@ -55,3 +117,184 @@ def user_id(socket: WebSocket) -> str:
     if user is None:
         return "-"
     return str(user.pk) if user.is_authenticated else "anonymous"
+
+
+# -- references that name a session or a login without revealing it ---------------
+
+
+def session_ref(session_key: str) -> str:
+    """A one-way name for a session key (it is a credential), safe to publish to other processes."""
+    return hashlib.sha256(session_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _digest(auth_hash: str) -> str:
+    return hmac.new(auth_hash.encode(), _DIGEST_MESSAGE, hashlib.sha256).hexdigest()[:32]
+
+
+def credential_digest(user: Any) -> str:
+    """An HMAC keyed by ``user``'s session auth hash: changes when the password does (no I/O).
+
+    The hash itself never leaves the process: tokens and revocation messages carry this.
+    """
+    return _digest(user.get_session_auth_hash())
+
+
+def _digest_matches(user: Any, digest: str) -> bool:
+    if constant_time_compare(credential_digest(user), digest):
+        return True
+    fallbacks = getattr(user, "get_session_auth_fallback_hash", None)  # SECRET_KEY_FALLBACKS
+    return fallbacks is not None and any(constant_time_compare(_digest(h), digest) for h in fallbacks())
+
+
+# -- tokens ---------------------------------------------------------------------
+
+
+def _signer() -> signing.Signer:
+    # "." keeps the token a valid Sec-WebSocket-Protocol token (no ":"); payload and
+    # signature are base64url without padding.
+    return signing.Signer(salt=_TOKEN_SALT, sep=".")
+
+
+def issue_token(user: Any, max_age: float | timedelta | None = None) -> str:
+    """A signed token that authenticates ``user`` at a WebSocket handshake for ``max_age`` seconds.
+
+    ``max_age`` defaults to ``TETHER["TOKEN_MAX_AGE"]``. The token names the
+    user's primary key and is voided by a password change (it carries an HMAC
+    keyed by the session auth hash), by deactivating or deleting the user, and
+    by rotating ``SECRET_KEY`` out of ``SECRET_KEY_FALLBACKS``. It uses only
+    base64url characters and ".", so it fits in a subprotocol entry. No I/O.
+    Raises ``ValueError`` for an anonymous user or a non-positive ``max_age``.
+    """
+    if not getattr(user, "is_authenticated", False) or getattr(user, "pk", None) is None:
+        raise ValueError("issue_token() needs an authenticated user")
+    age = get_setting("TOKEN_MAX_AGE") if max_age is None else max_age
+    seconds = age.total_seconds() if isinstance(age, timedelta) else float(age)
+    if seconds <= 0:
+        raise ValueError(f"a token's max_age must be positive, got {age!r}")
+    payload = {"u": str(user.pk), "h": credential_digest(user), "e": math.ceil(time.time() + seconds)}
+    return _signer().sign_object(payload)
+
+
+@never_cache
+async def token_view(request: HttpRequest) -> JsonResponse:
+    """``{"token": ..., "max_age": seconds}`` for the signed-in user; 401 ``{"error": ...}`` when anonymous.
+
+    For a page that connects with the subprotocol form. Route it in your
+    URLconf: ``path("tether/token/", token_view, name="tether-token")``. A GET
+    changes nothing and its answer can't be read cross-origin, so it needs no
+    CSRF token; it is never cached.
+    """
+    user = await request.auser()
+    if not user.is_authenticated:
+        return JsonResponse({"error": "login required"}, status=401)
+    max_age = float(get_setting("TOKEN_MAX_AGE"))
+    return JsonResponse({"token": issue_token(user, max_age), "max_age": max_age})
+
+
+def bearer_token(socket: WebSocket) -> str | None:
+    """The token the handshake presents (``Authorization: Bearer`` or a ``bearer.`` subprotocol), or None.
+
+    No I/O; never reads the query string. Raises ``InvalidToken`` when more
+    than one is presented.
+    """
+    found: list[str] = []
+    for name, value in socket.scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                found.append(credentials.strip())
+    for offered in socket.scope.get("subprotocols", ()):
+        if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            found.append(offered[len(TOKEN_SUBPROTOCOL_PREFIX) :])
+    if len(found) > 1:
+        raise InvalidToken("more than one token presented")
+    return found[0] if found else None
+
+
+async def _user_by_pk(pk: str) -> Any:
+    """The user with primary key ``pk`` (as a token or a revocation message names it), or None."""
+    model = get_user_model()
+    try:
+        return await model._default_manager.aget(pk=model._meta.pk.to_python(pk))
+    except (ObjectDoesNotExist, ValidationError, ValueError, TypeError):
+        return None
+
+
+async def acheck_credentials(user_pk: str, digest: str) -> tuple[Any, str | None]:
+    """``(user, None)`` if the user exists, is active and still has the credentials ``digest`` names,
+    else ``(user or None, why not)``. One database query."""
+    user = await _user_by_pk(user_pk)
+    if user is None:
+        return None, "user deleted"
+    if not getattr(user, "is_active", True):
+        return user, "user deactivated"
+    if not _digest_matches(user, digest):
+        return user, "password changed"
+    return user, None
+
+
+async def averify_token(token: str) -> tuple[Any, float]:
+    """The user a token authenticates and when it expires (a Unix time).
+
+    Raises ``InvalidToken`` saying why not: "bad signature" (tampered, or
+    signed with another ``SECRET_KEY``), "malformed", "expired", "user
+    deleted", "user deactivated", "password changed". One database query.
+    """
+    try:
+        payload = _signer().unsign_object(token)
+    except signing.BadSignature:
+        raise InvalidToken("bad signature") from None
+    except (ValueError, json.JSONDecodeError):  # signed but not our JSON: can't happen without the key
+        raise InvalidToken("malformed") from None
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("u"), str)
+        or not isinstance(payload.get("h"), str)
+        or not isinstance(payload.get("e"), int)
+    ):
+        raise InvalidToken("malformed")
+    expires = float(payload["e"])
+    if expires <= time.time():
+        raise InvalidToken("expired")
+    user, why = await acheck_credentials(payload["u"], payload["h"])
+    if why is not None:
+        raise InvalidToken(why)
+    return user, expires
+
+
+async def acheck_session(session_key: str, user_pk: str) -> str | None:
+    """Why the session ``session_key`` no longer signs in user ``user_pk``, or None if it still does.
+
+    Django's own rules, read-only (unlike ``aget_user`` it never flushes or
+    cycles the session): the session exists and hasn't expired, names that
+    user and an installed backend, the backend still returns the user (an
+    inactive one it refuses), and its auth hash matches. A session read and a
+    user read.
+    """
+    engine = import_module(settings.SESSION_ENGINE)
+    store: SessionBase = engine.SessionStore(session_key)
+    stored_pk = await store.aget(SESSION_KEY)
+    if stored_pk is None:
+        return "session ended"
+    if str(stored_pk) != user_pk:
+        return "session now holds another user"
+    backend_path = await store.aget(BACKEND_SESSION_KEY)
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return "session's authentication backend removed"
+    model = get_user_model()
+    try:
+        user = await load_backend(str(backend_path)).aget_user(model._meta.pk.to_python(stored_pk))
+    except (ValidationError, ValueError, TypeError):
+        user = None
+    if user is None:
+        return "user deactivated or deleted"
+    if hasattr(user, "get_session_auth_hash"):
+        stored_hash = await store.aget(HASH_SESSION_KEY) or ""
+        current = user.get_session_auth_hash()
+        fallbacks = getattr(user, "get_session_auth_fallback_hash", lambda: ())
+        if not stored_hash or not (
+            constant_time_compare(stored_hash, current)
+            or any(constant_time_compare(stored_hash, h) for h in fallbacks())
+        ):
+            return "password changed"
+    return None

@@ -39,6 +39,15 @@ DEFAULTS: dict[str, Any] = {
     "IDLE_TIMEOUT": None,
     # Seconds the application waits for the server's websocket.connect event. None: forever.
     "HANDSHAKE_TIMEOUT": 10.0,
+    # -- Auth lifecycle (tether.auth, tether.revocation) --
+    # Seconds a token from tether.auth.issue_token() is valid by default. A socket it opened closes
+    # with 4401 when it expires (a token socket has no session to outlive it).
+    "TOKEN_MAX_AGE": 3600,
+    # Seconds between re-checks of each open authenticated socket's login (session still there, same
+    # password, user active): the safety net under the instant revocations (logout, password change,
+    # deactivation). Costs a session read and a user read per distinct session per period, spread
+    # over the period. None: never re-check.
+    "SESSION_RECHECK": 300,
 }
 
 

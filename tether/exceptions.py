@@ -7,6 +7,7 @@ The tree::
      ├── InvalidState                 programmer misuse: wrong call for the socket's state
      ├── InvalidMessage(code, ...)    the peer sent something the handler can't take
      ├── InvalidGroup                 a group name that can't be used
+     ├── InvalidToken(reason)         a handshake's bearer token is tampered, expired or voided
      └── BackendUnavailable           the broker behind broadcast() can't be reached
 
 ``Disconnected`` is the normal end of a connection; ``InvalidState`` is always a
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidGroup",
     "InvalidMessage",
     "InvalidState",
+    "InvalidToken",
     "TetherError",
 ]
 
@@ -62,6 +64,18 @@ class InvalidMessage(TetherError):
 
 class InvalidGroup(TetherError, ValueError):
     """A group name is empty, too long or has characters a backend can't carry."""
+
+
+class InvalidToken(TetherError):
+    """A bearer token can't be used: ``reason`` says why ("bad signature", "expired", "password changed"...).
+
+    Raised at the handshake; the router refuses it with 4401 (HTTP 403). The
+    message never holds the token itself.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid token: {reason}")
 
 
 class BackendUnavailable(TetherError):

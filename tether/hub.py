@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -42,6 +42,7 @@ from .websocket import ConnectionState, WebSocket
 __all__ = [
     "OVERFLOW_POLICIES",
     "Hub",
+    "Watcher",
     "current_hub",
     "discard",
     "get_hub",
@@ -54,6 +55,9 @@ __all__ = [
 logger = logging.getLogger("tether.hub")
 
 OVERFLOW_POLICIES = ("close", "drop_oldest", "drop_newest")
+
+Watcher = Callable[[str, Frame], None]
+"""A process-level listener of a group (``Hub.watch``): called with ``(group, frame)`` on the hub's loop."""
 
 
 class _Member:
@@ -153,6 +157,7 @@ class Hub:
         self.dropped_messages = 0
         self.published = 0
         self._fanout: dict[str, tuple[_Member, ...]] = {}  # snapshot per group, rebuilt on change
+        self._watchers: dict[str, list[Watcher]] = {}  # process-level listeners per group (watch())
         self._subscribed: set[str] = set()  # groups the backend confirmed (or will make on reconnect)
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per group: lock, [tasks using it]
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -227,6 +232,31 @@ class Hub:
         self._remove(member, group)
         await self._settle(group)
 
+    async def watch(self, group: str, callback: Watcher) -> None:
+        """Call ``callback(group, frame)`` for each frame this process receives on ``group``, as if
+        it were a member; for listeners of the process rather than a socket (tether's revocation
+        messages). Returns once the backend delivers the group. Idempotent per callback; the
+        callback must not block (it runs in the delivery path) and what it raises is logged.
+        """
+        validate_group(group)
+        if self.stopped:
+            raise InvalidState("the hub is stopped (server shutting down)")
+        callbacks = self._watchers.setdefault(group, [])
+        if callback not in callbacks:
+            callbacks.append(callback)
+        if group not in self._subscribed:
+            await self._reconcile(group)
+
+    async def unwatch(self, group: str, callback: Watcher) -> None:
+        """Stop calling ``callback`` for ``group``. Idempotent."""
+        callbacks = self._watchers.get(group)
+        if callbacks is None or callback not in callbacks:
+            return
+        callbacks.remove(callback)
+        if not callbacks:
+            del self._watchers[group]
+        await self._settle(group)
+
     def discard(self, socket: WebSocket) -> None:
         """Drop all of ``socket``'s memberships and stop its writer (the socket is closing).
 
@@ -266,7 +296,7 @@ class Hub:
             self._fanout.pop(group, None)
 
     async def _settle(self, group: str) -> None:
-        if group in self._subscribed and group not in self.groups:
+        if group in self._subscribed and group not in self.groups and group not in self._watchers:
             await self._reconcile(group)
 
     async def _reconcile(self, group: str) -> None:
@@ -283,7 +313,7 @@ class Hub:
     async def _reconcile_locked(self, group: str, lock: asyncio.Lock) -> None:
         async with lock:
             while True:  # the membership may change while the broker answers: until they agree
-                wanted = group in self.groups and not self.stopped
+                wanted = (group in self.groups or group in self._watchers) and not self.stopped
                 if wanted and group not in self._subscribed:
                     await self.start()
                     try:
@@ -326,6 +356,13 @@ class Hub:
 
     def _deliver(self, group: str, frame: Frame) -> None:
         """Called by the backend for each incoming frame: queue it for every local member."""
+        watchers = self._watchers.get(group)
+        if watchers is not None:
+            for callback in watchers:
+                try:
+                    callback(group, frame)
+                except Exception:
+                    logger.exception("A watcher of group %s failed", group)
         members = self._fanout.get(group)
         if not members:
             return

@@ -16,8 +16,9 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from django.conf import settings
 from django.core.signals import setting_changed
 from django.urls import URLPattern, URLResolver, get_resolver, set_script_prefix
 from django.urls.exceptions import Resolver404
@@ -25,13 +26,23 @@ from django.urls.resolvers import RegexPattern, ResolverMatch
 from django.utils.encoding import escape_uri_path
 
 from ._types import Receive, Scope, Send, User
-from .auth import get_session, has_session_cookie, resolve_user, user_id
+from .auth import (
+    LOGIN_KEY,
+    anonymous_user,
+    averify_token,
+    bearer_token,
+    get_session,
+    has_session_cookie,
+    resolve_user,
+    user_id,
+)
 from .closing import close_for_exception
 from .codes import CloseCode
 from .conf import get_setting
-from .exceptions import Disconnected, InvalidState
+from .exceptions import Disconnected, InvalidState, InvalidToken
 from .hub import discard, get_hub, groups_of, join_user_group, leave
 from .limits import limit_receive
+from .revocation import track_session, track_token, untrack, watch_revocations
 from .security import origin_refusal
 from .urls import Handler, get_handler
 from .websocket import ConnectionState, WebSocket
@@ -41,6 +52,7 @@ __all__ = ["SERVICES", "WebSocketRouter", "resolve_websocket"]
 logger = logging.getLogger("tether.routing")
 connection_logger = logging.getLogger("tether.connection")
 security_logger = logging.getLogger("tether.security")
+auth_logger = logging.getLogger("tether.auth")
 
 
 class _Services:
@@ -50,7 +62,37 @@ class _Services:
         return get_session(socket)
 
     async def user(self, socket: WebSocket) -> User:
-        return await resolve_user(socket)
+        """The socket's user from its bearer token, else its session; registered for revocation.
+
+        Raises ``InvalidToken`` for a token that can't be used (the router
+        refuses the handshake). A session that logs out while being read
+        counts as none (``AnonymousUser``).
+        """
+        token = bearer_token(socket)
+        if token is None and not has_session_cookie(socket):
+            return await resolve_user(socket)  # anonymous, without I/O
+        started = asyncio.get_running_loop().time()
+        await watch_revocations()  # first: a revocation published from now on reaches this process
+        if token is not None:
+            user, expires = await averify_token(token)
+            why = track_token(socket, user, expires, started)
+            if why is not None:
+                raise InvalidToken(why)
+            return cast(User, user)
+        user = await resolve_user(socket)
+        if user.is_authenticated:
+            session = socket.session
+            key = session.session_key or socket.cookies[settings.SESSION_COOKIE_NAME]
+            why = track_session(socket, user, key, await session.aget(LOGIN_KEY), started)
+            if why is not None:
+                auth_logger.info(
+                    "Websocket %s: the session of user %s ended while it connected (%s); treated as anonymous",
+                    escape_uri_path(socket.path),
+                    user.pk,
+                    why,
+                )
+                return anonymous_user()
+        return user
 
     async def join(self, socket: WebSocket, group: str) -> None:
         await (await get_hub()).join(socket, group)
@@ -185,6 +227,8 @@ class WebSocketRouter:
             )
             await socket.deny(CloseCode.FORBIDDEN, "origin not allowed")
             return
+        if not await self.authenticate(socket):
+            return
         handler = get_handler(match.func)
         assert handler is not None
         try:
@@ -192,6 +236,23 @@ class WebSocketRouter:
         finally:
             if limited is not None:
                 limited.stop()
+
+    async def authenticate(self, socket: WebSocket) -> bool:
+        """Check a bearer token before the handler runs; refuse the handshake (4401) if it can't be used."""
+        try:
+            if bearer_token(socket) is None:
+                return True
+            await socket.auser()
+        except InvalidToken as exc:
+            auth_logger.warning(
+                "Refused websocket %s: invalid token: %s (closed %d)",
+                escape_uri_path(socket.path),
+                exc.reason,
+                CloseCode.UNAUTHORIZED,
+            )
+            await socket.deny(CloseCode.UNAUTHORIZED, "invalid token")
+            return False
+        return True
 
     async def serve(self, socket: WebSocket, handler: Handler) -> None:
         """Run ``handler`` to its end and leave the socket closed, whatever happened."""
@@ -214,6 +275,7 @@ class WebSocketRouter:
         finally:
             self.sockets.discard(socket)
             discard(socket)  # no group keeps a closed socket
+            untrack(socket)
             if socket.connection_state is not ConnectionState.CLOSED:
                 await socket.close()
             connection_logger.info(

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLOSE_TIMEOUT",
+    "TOKEN_SUBPROTOCOL_PREFIX",
     "ConnectionState",
     "GroupHook",
     "Services",
@@ -63,6 +64,9 @@ CLOSE_TIMEOUT = 5.0
 A client that stops reading keeps the server's write buffer full, so the close
 frame may never go out; tether releases the connection anyway after this long.
 """
+
+TOKEN_SUBPROTOCOL_PREFIX = "bearer."
+"""An offered subprotocol starting with this carries a token (``tether.auth``): never listed, never selectable."""
 
 GroupHook = Callable[[str, Frame], Awaitable[Frame | None]]
 """Called with ``(group, frame)`` before a group message goes out; returns the frame to send, or None."""
@@ -195,8 +199,12 @@ class WebSocket:
 
     @property
     def subprotocols(self) -> list[str]:
-        """Subprotocols the client offered, in its order of preference."""
-        return list(self.scope.get("subprotocols", []))
+        """Subprotocols the client offered, in its order of preference.
+
+        Entries carrying a token (``bearer.<token>``, see ``tether.auth``) are
+        left out: a credential is never echoed back, so ``accept()`` can't select one.
+        """
+        return [p for p in self.scope.get("subprotocols", ()) if not p.startswith(TOKEN_SUBPROTOCOL_PREFIX)]
 
     @property
     def client(self) -> tuple[str, int] | None:
