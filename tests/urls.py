@@ -1,6 +1,8 @@
+from django.contrib.auth.views import LogoutView, PasswordChangeView
 from django.http import HttpResponse
 from django.urls import include, path
 
+from tether.auth import token_view
 from tether.urls import re_websocket, websocket
 
 from .testapp import group_sockets, sockets
@@ -43,4 +45,8 @@ urlpatterns = [
     websocket("ws/auth/editors/", sockets.Editors.as_handler(), name="editors"),
     websocket("ws/auth/who/", sockets.WhoView.as_handler(), name="who"),
     websocket("ws/echo-view/", sockets.EchoView.as_handler(), name="echo-view"),
+    websocket("ws/auth/me/", sockets.me, name="me"),
+    path("tether/token/", token_view, name="tether-token"),
+    path("accounts/logout/", LogoutView.as_view(next_page="/"), name="logout"),
+    path("accounts/password_change/", PasswordChangeView.as_view(success_url="/"), name="password_change"),
 ]

@@ -224,3 +224,14 @@ class EchoView(SocketView):
 
     async def receive_bytes(self, data: bytes) -> None:
         await self.send_bytes(data)
+
+
+async def me(socket: WebSocket) -> None:
+    """Reports the user, its groups and the offered subprotocols (accepting the first); then echoes text."""
+    user = await socket.auser()
+    await socket.accept(socket.subprotocols[0] if socket.subprotocols else None)
+    await socket.send_json(
+        {"user": user.get_username() or None, "groups": sorted(socket.groups), "subprotocols": socket.subprotocols}
+    )
+    async for text in socket.iter_text():
+        await socket.send_text(text)
