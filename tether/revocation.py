@@ -37,6 +37,7 @@ across its key change and is closed like the others.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import logging
@@ -288,7 +289,8 @@ class _Registry:
         login.due = self.loop.time() + float(period) * random.uniform(0.5, 1.0)  # spread a reconnect wave
         heapq.heappush(self.heap, (login.due, next(self.counter), login))
         if self.task is None or self.task.done():
-            self.task = self.loop.create_task(self.run(), name="tether-session-recheck")
+            # a context of its own: not the ThreadSensitiveContext of the request that got here first
+            self.task = contextvars.Context().run(self.loop.create_task, self.run(), name="tether-session-recheck")
         self.wake.set()
 
     async def run(self) -> None:
@@ -436,10 +438,12 @@ def _apply_here(message: dict[str, Any]) -> None:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
+    # A context of its own: re-checks it starts must not run their ORM queries in the thread of the
+    # request publishing (asgiref's thread-sensitive executor of that request, blocked on the publish).
     if running is registry.loop:
-        registry.apply(message)
+        contextvars.Context().run(registry.apply, message)
     elif registry.loop.is_running():
-        registry.loop.call_soon_threadsafe(registry.apply, message)
+        registry.loop.call_soon_threadsafe(registry.apply, message, context=contextvars.Context())
 
 
 def _publish(message: dict[str, Any], what: str, *, raise_errors: bool = False) -> None:
