@@ -110,7 +110,7 @@ async def third_process(env: dict[str, str], script: str, *args: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
 
 
