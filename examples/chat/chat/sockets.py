@@ -36,7 +36,9 @@ def room_group(room: str) -> str:
 class ChatSocket(SocketView):
     async def connect(self) -> None:
         self.room = self.kwargs["room"]
-        await self.accept()
+        # A page signing in with a token offers ["tether.v1", "bearer.<token>"]: select the protocol
+        # (browsers fail a handshake that selects none); the token entry is never selectable.
+        await self.accept("tether.v1" if "tether.v1" in self.socket.subprotocols else None)
         # Join before reading the history: a message sent in between arrives twice, never
         # zero times, and the page drops the duplicate by id.
         await self.join(room_group(self.room))

@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from chat import views
 from chat.sockets import ChatSocket
+from tether.auth import token_view
 from tether.urls import websocket
 
 urlpatterns = [
@@ -12,5 +13,6 @@ urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),  # login/, logout/, password_change/, ...
     websocket("ws/rooms/<slug:room>/", ChatSocket.as_handler(), name="chat-socket"),
+    path("tether/token/", token_view, name="tether-token"),  # a token for ?auth=token pages
     *staticfiles_urlpatterns(),  # DEBUG only; in a deployment nginx serves STATIC_ROOT
 ]

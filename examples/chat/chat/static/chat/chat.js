@@ -13,6 +13,10 @@
 
   const root = document.getElementById("chat");
   const url = root.dataset.socketUrl;
+  const tokenUrl = root.dataset.tokenUrl;
+  // ?auth=token signs the socket in with a token offered as a subprotocol, as a page on another
+  // origin or an app without cookies would; by default the session cookie does.
+  const useToken = new URLSearchParams(location.search).get("auth") === "token";
   const me = root.dataset.me;
   const stateEl = document.getElementById("state");
   const log = document.getElementById("log");
@@ -44,11 +48,31 @@
   function connect() {
     retryTimer = null;
     setState(attempt ? "reconnecting" : "connecting", attempt ? "attempt " + (attempt + 1) : "");
+    if (!useToken) {
+      watch(new WebSocket(url));
+      return;
+    }
+    // A fresh token per attempt (it is short-lived), offered next to the protocol the server selects.
+    fetch(tokenUrl, { cache: "no-store", credentials: "same-origin" })
+      .then(function (response) {
+        if (response.status === 401) return null;
+        if (!response.ok) throw new Error("token: HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (body) {
+        if (body === null) setState("closed", "signed out: reload to log in");
+        else watch(new WebSocket(url, ["tether.v1", "bearer." + body.token]));
+      })
+      .catch(scheduleReconnect);
+  }
+
+  function watch(ws) {
     let opened = false;
-    socket = new WebSocket(url);
+    socket = ws;
     socket.addEventListener("open", function () {
       opened = true;
       attempt = 0;
+      stateEl.dataset.protocol = ws.protocol; // "tether.v1" when signed in with a token
       setState("open");
     });
     socket.addEventListener("message", function (event) {
@@ -56,8 +80,18 @@
     });
     socket.addEventListener("close", function (event) {
       socket = null;
+      if (event.code === 4401 && useToken && opened) {
+        // A token socket ends with its token, or with the login: a new token tells which.
+        signedIn().then(function (yes) {
+          if (yes) scheduleReconnect();
+          else setState("closed", "signed out: " + (event.reason || "reload to log in"));
+        });
+        return;
+      }
       if (STOP_CODES.has(event.code)) {
-        setState("closed", event.code === 4401 ? "signed out: reload to log in" : "refused");
+        // 4401 after opening: the server closed it because the login ended (logout elsewhere,
+        // password changed); its reason says what to do.
+        setState("closed", event.code === 4401 ? "signed out: " + (event.reason || "reload to log in") : "refused");
         return;
       }
       if (opened) {
