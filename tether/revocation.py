@@ -49,6 +49,7 @@ from collections.abc import Coroutine, Iterable
 from functools import partial
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model, user_logged_in, user_logged_out
 from django.core import signing
@@ -583,7 +584,9 @@ def _user_deleted(sender: Any, instance: Any, using: Any = None, **kwargs: Any) 
 
 
 def connect_signals() -> None:
-    """Connect the receivers (``TetherConfig.ready()``); idempotent."""
+    """Connect the receivers (``TetherConfig.ready()``); idempotent. Nothing without django.contrib.auth."""
+    if not apps.is_installed("django.contrib.auth"):
+        return
     model = get_user_model()
     request_started.connect(_request_started, dispatch_uid="tether.revocation.request_started")
     request_finished.connect(_request_finished, dispatch_uid="tether.revocation.request_finished")
