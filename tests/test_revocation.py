@@ -183,6 +183,22 @@ async def test_password_change_view_keeps_the_changing_sessions_sockets(
     assert f"Keeping 1 websocket(s) of user {ann.pk} open: their session changed the password" in lines(caplog)
 
 
+async def test_changing_another_users_password_keeps_the_changers_sockets(ann: User, bob: User) -> None:
+    """An admin-style form: bob's session sets ann's password (and update_session_auth_hash cycles bob's
+    key). ann's sockets close; bob's stay, also through a re-check of his (old, deleted) session key."""
+    client = AsyncClient()
+    assert await client.alogin(username="bob", password=PASSWORD)
+    bobs = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    async with sockets(await session_cookie(ann), bobs) as (anns, admin):
+        response = await client.post("/accounts/set-password/ann/", {"password": "new-password-2"})
+        assert response.status_code == 200
+        await closed_for_login(anns)
+        assert client.cookies[settings.SESSION_COOKIE_NAME].value != key_of(bobs)  # bob's key was cycled
+        await aclose_user_sockets(bob)
+        await settled()
+        await still_open(admin)
+
+
 async def test_session_without_a_login_id_is_not_exempted(ann: User) -> None:
     """A session tether never marked (logged in before it was installed) can't be followed across
     the key change: its sockets close with the others."""

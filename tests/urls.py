@@ -1,11 +1,22 @@
+from django.contrib.auth import get_user_model, update_session_auth_hash
 from django.contrib.auth.views import LogoutView, PasswordChangeView
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
 from tether.auth import token_view
 from tether.urls import re_websocket, websocket
 
 from .testapp import group_sockets, sockets
+
+
+def set_password_of(request: HttpRequest, username: str) -> HttpResponse:
+    """What the admin's password form does: set another user's password, then update_session_auth_hash()."""
+    user = get_user_model().objects.get(username=username)
+    user.set_password(request.POST["password"])
+    user.save()
+    update_session_auth_hash(request, user)
+    return HttpResponse("changed")
+
 
 chat_patterns = (
     [
@@ -49,4 +60,5 @@ urlpatterns = [
     path("tether/token/", token_view, name="tether-token"),
     path("accounts/logout/", LogoutView.as_view(next_page="/"), name="logout"),
     path("accounts/password_change/", PasswordChangeView.as_view(success_url="/"), name="password_change"),
+    path("accounts/set-password/<str:username>/", set_password_of, name="set-password-of"),
 ]

@@ -180,6 +180,9 @@ class _Registry:
                     del index[name]
         if not self.logins:
             self.wake.set()  # the re-check task ends
+        elif len(self.heap) > 64 and len(self.heap) > 4 * len(self.logins):  # churn: drop the forgotten
+            self.heap = [entry for entry in self.heap if not entry[2].forgotten]
+            heapq.heapify(self.heap)
 
     # -- revoking --------------------------------------------------------------
 
@@ -258,6 +261,17 @@ class _Registry:
                 why = self.decide(login, message)
                 if why is not None:
                     self.revoke(login, why)
+            exempt = message.get("x")
+            for login in list(self.by_ref.get(str(exempt), ())) if exempt else ():
+                if login.user_pk != pk and not login.credentials and login.login_ref:
+                    # Someone else's password was changed from this session (an admin's form):
+                    # update_session_auth_hash() gives it a new key too, so follow it by its login id.
+                    login.credentials = True
+                    logger.info(
+                        "Websocket(s) of user %s: their session changed another user's password; "
+                        "now checked against their own credentials",
+                        login.user_pk,
+                    )
         elif kind == "recheck":
             for login in list(self.by_user.get(pk, ())):
                 self.spawn(self.check(login))
@@ -393,6 +407,7 @@ def track_session(socket: WebSocket, user: Any, session_key: str, login_ref: str
     login = _Login(str(user.pk))
     login.session_key, login.session_ref = session_key, session_ref(session_key)
     login.login_ref = str(login_ref) if login_ref else None
+    login.digest = credential_digest(user)  # what it stands on if its session key changes under it
     why = registry.ended_meanwhile(login, started)
     if why is not None:
         return why
@@ -536,7 +551,7 @@ def _request_finished(sender: Any, **kwargs: Any) -> None:
 def _logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     """Give the login an id that survives ``update_session_auth_hash()``'s new session key."""
     session = getattr(request, "session", None)
-    if session is not None:
+    if session is not None and not session.get(LOGIN_KEY):  # the same user logging in again keeps it
         session[LOGIN_KEY] = secrets.token_urlsafe(16)
 
 
