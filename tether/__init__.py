@@ -5,6 +5,7 @@ from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidM
 from .groups import user_group
 from .guards import login_required, permission_required, require
 from .publish import broadcast, broadcast_on_commit, broadcast_sync
+from .revocation import aclose_user_sockets, close_user_sockets
 from .views import SocketView
 from .websocket import ConnectionState, WebSocket
 
@@ -19,9 +20,11 @@ __all__ = [
     "SocketView",
     "TetherError",
     "WebSocket",
+    "aclose_user_sockets",
     "broadcast",
     "broadcast_on_commit",
     "broadcast_sync",
+    "close_user_sockets",
     "login_required",
     "permission_required",
     "require",

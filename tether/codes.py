@@ -26,7 +26,7 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011  # the handler raised
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013  # outbound queue overflowed (slow consumer)
-    UNAUTHORIZED = 4401  # a guard refused an anonymous user
+    UNAUTHORIZED = 4401  # a guard refused an anonymous user, an invalid token; or "sign in again": the login ended
     FORBIDDEN = 4403  # a guard or the Origin check refused the handshake
     NOT_FOUND = 4404  # no websocket route matches the path
     TIMEOUT = 4408  # idle or handshake timeout
