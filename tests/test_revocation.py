@@ -353,3 +353,15 @@ async def test_hub_watch_delivers_to_a_callback_and_unwatch_unsubscribes() -> No
     assert got == [("test.watched", "hello")] and "test.watched" not in hub.groups
     await hub.unwatch("test.watched", listener)
     assert "test.watched" not in hub._subscribed
+
+
+async def test_a_session_signed_in_with_the_new_password_outlives_a_late_revocation(ann: User) -> None:
+    """A revocation that arrives after the user signed in again with the new password (a slow broker)
+    leaves the new session's socket open: it already stands on the new credentials."""
+    ann.set_password("new-password-2")
+    await User.objects.filter(pk=ann.pk).aupdate(password=ann.password)  # no signal: the revocation is "late"
+    async with sockets(await session_cookie(ann)) as (ws,):
+        ann._password = "new-password-2"  # type: ignore[attr-defined]  # now the save that reports it
+        await ann.asave()
+        await settled()
+        await still_open(ws)

@@ -112,7 +112,7 @@ class _Login:
         self.session_ref: str | None = None
         self.login_ref: str | None = None  # the login id in the session (LOGIN_KEY), if it has one
         self.credentials = False  # checked against the user's credentials instead of a session
-        self.digest = ""  # credential_digest(user) the login stands on, when ``credentials``
+        self.digest = ""  # credential_digest(user) the login stands on (what a re-check uses if ``credentials``)
         self.sockets: set[WebSocket] = set()
         self.due = 0.0
         self.forgotten = False
@@ -221,8 +221,8 @@ class _Registry:
         if message.get("f"):
             return reason
         digest = message.get("d")
-        if login.credentials and digest and login.digest == digest:
-            return None  # already on the new credentials (a token issued since, or exempted)
+        if digest and login.digest == digest:
+            return None  # already on the new credentials (signed in since, a token issued since, exempted)
         if not digest or message.get("r") != "password changed":
             return reason
         if not login.credentials and login.session_ref is not None and login.session_ref == message.get("x"):
@@ -241,9 +241,10 @@ class _Registry:
         """Apply one revocation message in this process (idempotent by message id)."""
         now = self.loop.time()
         ident = str(message.get("i", ""))
-        if ident in self.seen:
-            return
-        self.seen[ident] = now
+        if ident:
+            if ident in self.seen:
+                return
+            self.seen[ident] = now
         self.prune(now)
         kind = message.get("k")
         pk = str(message.get("u", ""))
