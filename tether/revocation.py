@@ -99,6 +99,7 @@ class _Login:
         "digest",
         "due",
         "forgotten",
+        "key",
         "login_ref",
         "session_key",
         "session_ref",
@@ -108,6 +109,7 @@ class _Login:
 
     def __init__(self, user_pk: str) -> None:
         self.user_pk = user_pk
+        self.key: tuple[str, ...] = ()  # its key in the registry
         self.session_key: str | None = None  # set for a session login: what the re-check reads
         self.session_ref: str | None = None
         self.login_ref: str | None = None  # the login id in the session (LOGIN_KEY), if it has one
@@ -145,6 +147,7 @@ class _Registry:
     def add(self, key: tuple[str, ...], login: _Login, socket: WebSocket) -> None:
         existing = self.logins.get(key)
         if existing is None:
+            login.key = key
             self.logins[key] = login
             self.by_user.setdefault(login.user_pk, set()).add(login)
             for ref in login.refs():
@@ -169,9 +172,8 @@ class _Registry:
         if login.forgotten:
             return
         login.forgotten = True
-        for key, value in list(self.logins.items()):
-            if value is login:
-                del self.logins[key]
+        if self.logins.get(login.key) is login:
+            del self.logins[login.key]
         for index, name in ((self.by_user, login.user_pk), *((self.by_ref, ref) for ref in login.refs())):
             logins = index.get(name)
             if logins is not None:
