@@ -20,7 +20,7 @@ from django.test import AsyncClient
 
 from tether import BackendUnavailable, CloseCode, broadcast
 from tether import revocation as revocation_module
-from tether.auth import LOGIN_KEY
+from tether.auth import LOGIN_KEY, session_ref
 from tether.hub import get_hub
 from tether.revocation import CONTROL_GROUP, aclose_user_sockets, close_user_sockets
 from tether.testing import WebSocketTestClient, connect, session_cookie
@@ -327,8 +327,6 @@ async def test_login_gets_an_id_that_survives_the_key_change(ann: User) -> None:
 async def test_handshake_that_read_a_session_before_its_logout_is_anonymous(ann: User) -> None:
     """A logout applied while a handshake was reading the session: the socket gets no user."""
     cookie = await session_cookie(ann)
-    from tether.auth import session_ref
-
     await revocation_module.watch_revocations()
     registry = revocation_module._here()
     registry.apply({"k": "logout", "i": "race", "s": session_ref(key_of(cookie)), "u": str(ann.pk)})

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import websockets
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import AnonymousUser, User
 from django.test import AsyncClient
 from websockets.exceptions import InvalidStatus
 
@@ -61,8 +61,6 @@ def test_token_is_a_valid_subprotocol_token_without_colons(ann: User) -> None:
 
 def test_issue_token_refuses_anonymous_users_and_bad_ages(ann: User) -> None:
     """An anonymous user has no token; a max_age of 0 or less is a mistake, not a token."""
-    from django.contrib.auth.models import AnonymousUser
-
     with pytest.raises(ValueError, match="authenticated"):
         issue_token(AnonymousUser())
     with pytest.raises(ValueError, match="positive"):
@@ -168,8 +166,6 @@ async def test_expired_token_is_refused(ann: User, caplog: pytest.LogCaptureFixt
 async def test_voided_token_is_refused(ann: User, caplog: pytest.LogCaptureFixture, change: Any, reason: str) -> None:
     """A password change, deactivation or deletion voids the tokens issued before: 4401 and the reason logged."""
     token = issue_token(ann)
-    from asgiref.sync import sync_to_async
-
     await sync_to_async(change)(ann)
     rejected, lines = await refused(caplog, headers=bearer(token))
     assert rejected.code == CloseCode.UNAUTHORIZED

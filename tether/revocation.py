@@ -309,7 +309,8 @@ class _Registry:
         if self.task is None or self.task.done():
             # a context of its own: not the ThreadSensitiveContext of the request that got here first
             self.task = contextvars.Context().run(self.loop.create_task, self.run(), name="tether-session-recheck")
-        self.wake.set()
+        elif self.heap[0][2] is login:
+            self.wake.set()  # due before what the task sleeps for
 
     async def run(self) -> None:
         """Re-check each login when due, one at a time, until none is left."""
