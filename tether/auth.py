@@ -136,7 +136,8 @@ def credential_digest(user: Any) -> str:
 
     The hash itself never leaves the process: tokens and revocation messages carry this.
     """
-    return _digest(user.get_session_auth_hash())
+    get_hash = getattr(user, "get_session_auth_hash", None)  # a custom user without one has no password to void
+    return _digest(get_hash()) if get_hash is not None else ""
 
 
 def _digest_matches(user: Any, digest: str) -> bool:

@@ -45,9 +45,9 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Coroutine, Iterable
-from functools import partial
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from functools import partial, wraps
+from typing import Any, TypeVar
 
 from django.apps import apps
 from django.conf import settings
@@ -536,7 +536,23 @@ def _user_message(user: Any, force: bool) -> dict[str, Any]:
 
 _request = threading.local()  # the session ref of the request this thread runs, if any
 
+_F = TypeVar("_F", bound=Callable[..., None])
 
+
+def _never_raises(receiver: _F) -> _F:
+    """A receiver's own failure is logged, never raised into the login, logout or save that sent it."""
+
+    @wraps(receiver)
+    def safe(*args: Any, **kwargs: Any) -> None:
+        try:
+            receiver(*args, **kwargs)
+        except Exception:
+            logger.exception("tether's %s receiver failed; the re-check is the safety net", receiver.__name__)
+
+    return safe  # type: ignore[return-value]
+
+
+@_never_raises
 def _request_started(sender: Any, environ: Any = None, scope: Any = None, **kwargs: Any) -> None:
     """Record the request's session (Django runs a request's sync code, and its saves, in one thread)."""
     header = None
@@ -548,10 +564,12 @@ def _request_started(sender: Any, environ: Any = None, scope: Any = None, **kwar
     _request.session_ref = session_ref(key) if key else None
 
 
+@_never_raises
 def _request_finished(sender: Any, **kwargs: Any) -> None:
     _request.session_ref = None
 
 
+@_never_raises
 def _logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     """Give the login an id that survives ``update_session_auth_hash()``'s new session key."""
     session = getattr(request, "session", None)
@@ -559,6 +577,7 @@ def _logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
         session[LOGIN_KEY] = secrets.token_urlsafe(16)
 
 
+@_never_raises
 def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     """Close the sockets of the session logging out, in every process (before Django flushes it)."""
     session = getattr(request, "session", None)
@@ -572,6 +591,7 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     _publish(message, f"the logout of user {user.pk}")
 
 
+@_never_raises
 def _user_saved(
     sender: Any, instance: Any, created: bool = False, raw: bool = False, using: Any = None, **kwargs: Any
 ) -> None:
@@ -595,6 +615,7 @@ def _user_saved(
     )
 
 
+@_never_raises
 def _user_deleted(sender: Any, instance: Any, using: Any = None, **kwargs: Any) -> None:
     if instance.pk is None:
         return
