@@ -20,7 +20,7 @@ from websockets.exceptions import InvalidStatus
 from tests.servers import Server, serve
 from tether import CloseCode, WebSocket, user_group
 from tether.auth import _signer, credential_digest, issue_token
-from tether.testing import Rejected, connect
+from tether.testing import Rejected, connect, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -279,3 +279,41 @@ async def test_real_server_bearer_header_and_refusals(server: Server, ann: User)
     for reason in ("bad signature", "expired", "password changed"):
         assert f"invalid token: {reason} (closed 4401)" in server.log
     assert token[:20] not in server.log
+
+
+async def test_token_wins_over_a_session_cookie(ann: User) -> None:
+    """A handshake with both a token and bob's session cookie is the token's user."""
+    bob = await User.objects.acreate_user("bob", password="secret")
+    cookie = await session_cookie(bob)
+    async with connect("/ws/auth/me/", headers={**bearer(issue_token(ann)), "Cookie": cookie}) as ws:
+        assert (await ws.receive_json())["user"] == "ann"
+
+
+async def test_logout_elsewhere_leaves_a_token_socket_open(ann: User) -> None:
+    """A token socket has no session: logging out a session of the same user closes only that session's
+    sockets (sentinel on the token socket after the session socket closed)."""
+    cookie = await session_cookie(ann)
+    async with (
+        connect("/ws/auth/me/", headers=bearer(issue_token(ann))) as by_token,
+        connect("/ws/auth/me/", headers={"Cookie": cookie}) as by_session,
+    ):
+        await by_token.receive_json()
+        await by_session.receive_json()
+        client = AsyncClient()
+        client.cookies[settings.SESSION_COOKIE_NAME] = cookie.split("=", 1)[1]
+        await client.post("/accounts/logout/")
+        assert await by_session.wait_closed() == CloseCode.UNAUTHORIZED
+        await by_token.send_text("sentinel")
+        assert await by_token.receive_text() == "sentinel"
+
+
+async def test_invalid_token_without_the_http_response_extension_closes_4401(ann: User) -> None:
+    """On a server without websocket.http.response the refusal is a close with 4401 (servers answer 403)."""
+    with pytest.raises(Rejected) as info:
+        async with connect(
+            "/ws/auth/me/",
+            headers=bearer(expired_token(ann)),
+            scope={"extensions": {"tether.testing": {"exceptions": []}}},
+        ):
+            pass
+    assert (info.value.code, info.value.reason) == (CloseCode.UNAUTHORIZED, "invalid token")
