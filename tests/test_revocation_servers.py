@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import http.cookies
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.test import AsyncClient
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
@@ -138,6 +141,7 @@ SET_PASSWORD = """
 import sys, django
 django.setup()
 from django.contrib.auth.models import User
+from django.test import AsyncClient
 user = User.objects.get(username=sys.argv[1])
 user.set_password("changed-elsewhere-2")
 user.save()
@@ -148,6 +152,7 @@ import sys, django
 django.setup()
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import User
+from django.test import AsyncClient
 User.objects.filter(username=sys.argv[1]).update(password=make_password("changed-behind-3"))
 """
 
@@ -162,10 +167,13 @@ async def test_password_change_in_a_third_process_closes_the_users_sockets(
     a, b = two
     cookie = await session_cookie(ann)
     async with opened((a, cookie), (b, cookie)) as clients:
+        started = time.monotonic()
+        watching = [asyncio.ensure_future(closed_at(ws, RECHECK + 60)) for ws in clients]
         await third_process(env, SET_PASSWORD if how == "set_password" else UPDATE_PASSWORD, "ann")
-        changed = time.monotonic()
-        ends = [await closed_at(ws, RECHECK + 5) for ws in clients]
-        report(f"password change ({how}) in a third process -> closed on A and B", max(ends) - changed)
+        changed = time.monotonic()  # the change committed before the process exited
+        ends = await asyncio.gather(*watching)
+        report(f"third process ({how}) ran for", changed - started)
+        report(f"password change ({how}) -> closed on A and B, after the third process exited", max(ends) - changed)
         assert max(ends) - changed < RECHECK + 0.5
     assert "password changed (closed 4401)" in a.log and "password changed (closed 4401)" in b.log
 
@@ -193,3 +201,45 @@ def test_processes_used_their_own_redis_prefix(env: dict[str, str]) -> None:
     """Guard: these servers' revocations never reach another run's servers on the shared Redis."""
     options: dict[str, Any] = json.loads(env["TETHER_TEST_SETTINGS"])["OPTIONS"]
     assert options["prefix"].startswith("tether-auth-") and options["prefix"] != "tether-test:"
+
+
+def post_form(server: Server, path: str, cookie: str, form: dict[str, str]) -> tuple[int, str | None]:
+    """POST a form as the browser holding ``cookie``; returns the status and the new session cookie, if set."""
+    body = urllib.parse.urlencode(form)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        headers = {
+            "Cookie": f"{cookie}; csrftoken={CSRF}",
+            "X-CSRFToken": CSRF,
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        jar = http.cookies.SimpleCookie()
+        for value in response.headers.get_all("Set-Cookie") or []:
+            jar.load(value)
+        new = jar.get(settings.SESSION_COOKIE_NAME)
+        return response.status, f"{settings.SESSION_COOKIE_NAME}={new.value}" if new is not None else None
+    finally:
+        conn.close()
+
+
+async def test_password_change_view_on_a_keeps_that_browsers_sockets_on_b(
+    two: tuple[Server, Server], ann: User
+) -> None:
+    """PasswordChangeView served by uvicorn (Django's ASGI handler, a thread per request): the changing
+    session's socket on B stays open, the other session's socket on B closes; the changing browser's
+    logout, with its new cookie, then closes the kept socket."""
+    a, b = two
+    client = AsyncClient()
+    assert await client.alogin(username="ann", password="secret-old-1")
+    mine = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    async with opened((b, mine), (b, await session_cookie(ann))) as (kept, other):
+        form = {"old_password": "secret-old-1", "new_password1": "new-secret-2", "new_password2": "new-secret-2"}
+        status, new_cookie = await asyncio.to_thread(post_form, a, "/accounts/password_change/", mine, form)
+        assert status == 302 and new_cookie is not None and new_cookie != mine
+        await closed_at(other, 5)
+        await echoes(kept)
+        assert await asyncio.to_thread(post, a, "/accounts/logout/", new_cookie) == 302
+        await closed_at(kept, 5)
+    assert "their session changed the password" in b.log
