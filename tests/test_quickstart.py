@@ -42,7 +42,9 @@ def as_script(section: str) -> str:
         header = HEADER.match(body.splitlines()[0])
         assert header, f"a {lang} block in the Quickstart doesn't start with '# <file>': {body[:80]!r}"
         append = (header["note"] or "").startswith("add at the end")
-        lines.append(f"cat {'>>' if append else '>'} {shlex.quote(header['path'])} <<'QUICKSTART_EOF'\n{body}QUICKSTART_EOF")
+        lines.append(
+            f"cat {'>>' if append else '>'} {shlex.quote(header['path'])} <<'QUICKSTART_EOF'\n{body}QUICKSTART_EOF"
+        )
     return "\n".join(lines) + "\n"
 
 
