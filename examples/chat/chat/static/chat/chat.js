@@ -143,11 +143,13 @@
     if (frame.room === room) return;
     const div = document.createElement("div");
     div.className = "mention";
-    div.append(span("user", frame.user), " mentioned you in ");
+    const body = document.createElement("span");
+    body.append(span("user", frame.user), " mentioned you in ");
     const link = document.createElement("a");
     link.href = "/rooms/" + encodeURIComponent(frame.room) + "/";
     link.textContent = "#" + frame.room;
-    div.append(link, ": ", span("text", frame.text));
+    body.append(link, ": ", span("text", frame.text));
+    div.append(body);
     const dismiss = document.createElement("button");
     dismiss.type = "button";
     dismiss.className = "dismiss";
