@@ -14,8 +14,8 @@ from playwright.sync_api import expect, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.chat import ChatServer, chat_env, manage  # noqa: E402
-from tests.test_chat_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, WAIT, open_room, say  # noqa: E402
+from tests.chat import ChatServer, chat_env, manage
+from tests.test_chat_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, WAIT, open_room, say
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "img" / "chat.png"
 
@@ -32,7 +32,9 @@ def main() -> None:
                 pages = {}
                 errors: list[str] = []
                 for user in ("alice", "bob"):
-                    context = browser.new_context(base_url=server.http_url, viewport={"width": 760, "height": 600}, device_scale_factor=2)
+                    context = browser.new_context(
+                        base_url=server.http_url, viewport={"width": 760, "height": 600}, device_scale_factor=2
+                    )
                     page = context.new_page()
                     page.goto("/signup/")
                     page.fill("#id_username", user)
