@@ -16,6 +16,8 @@ from django.core.management.base import CommandParser
 from django.core.management.commands.runserver import Command as DjangoRunserver
 from django.utils import autoreload
 
+from tether.asgi import TetherASGIHandler
+
 BaseRunserver: type[DjangoRunserver] = DjangoRunserver
 if apps.is_installed("django.contrib.staticfiles"):
     from django.contrib.staticfiles.management.commands.runserver import Command as StaticRunserver
@@ -58,8 +60,6 @@ class Command(BaseRunserver):  # type: ignore[valid-type,misc]
             super().inner_run(*args, **options)
             return
         import uvicorn
-
-        from tether.asgi import TetherASGIHandler
 
         autoreload.raise_last_exception()
         self.stdout.write("Performing system checks...\n\n")
