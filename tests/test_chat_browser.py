@@ -188,6 +188,10 @@ def test_announcements_survive_a_reload(alice: Page, bob_context: BrowserContext
         ["hello bob, <b>not bold</b>", "hi alice", "maintenance at noon"], timeout=WAIT
     )
     later.close()
+    home = alice.context.new_page()  # the stored announcement is no room of its own
+    home.goto("/")
+    expect(home.locator("main li a")).to_have_text(["#lobby"])  # the rooms with messages
+    home.close()
     assert errors == []
 
 
