@@ -15,9 +15,24 @@ from pathlib import Path
 
 from tests.servers import ROOT
 
+LOCAL_DIRS = {"build", "dist", "test-artifacts", "__pycache__", "node_modules", "profiles"}
+
+
+def _local_state(name: str) -> bool:
+    """A file of a virtualenv, build, cache or database: no part of a clone (see .gitignore)."""
+    *dirs, file = name.split("/")
+    hidden = [d for d in dirs if d.startswith(".") and d != ".ci"]  # .venv*, .autobahn, caches
+    return bool(hidden or LOCAL_DIRS & set(dirs) or any(d.endswith(".egg-info") for d in dirs)) or file.endswith(
+        (".sqlite3", ".pyc")
+    )
+
 
 def checkout_files() -> list[str]:
-    """The checkout's files relative to its root: tracked, or untracked and not ignored."""
+    """The checkout's files relative to its root: tracked, or untracked and not ignored. Outside
+    a git checkout (an unpacked sdist), every file but local state (virtualenvs, builds, caches)."""
+    if not (ROOT / ".git").exists():
+        names = (path.relative_to(ROOT).as_posix() for path in ROOT.rglob("*") if path.is_file())
+        return sorted(name for name in names if not _local_state(name))
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
