@@ -71,3 +71,15 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     project = tmp_path / "mysite"
     assert (project / "manage.py").exists() and (project / "test_echo.py").exists()
     assert 'INSTALLED_APPS = ["tether", *INSTALLED_APPS]' in (project / "mysite" / "settings.py").read_text()
+
+
+def test_every_install_line_of_the_docs_installs_from_a_checkout() -> None:
+    """No code block in the README or docs/ tells to ``pip install django-tether`` from an index
+    (it isn't on one yet): each install names the checkout (``./django-tether``) or its wheel."""
+    offending = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for _, body in BLOCK.findall(page.read_text()):
+            for line in body.splitlines():
+                if "pip install" in line and re.search(r"(?<![./\w-])django-tether(?![/\w-])", line):
+                    offending.append(f"{page.relative_to(ROOT)}: {line.strip()}")
+    assert offending == []
