@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import tether
 from tests.checkout import checkout_files, copy_checkout, run
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,12 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
 def wheel_names(wheel: Path) -> set[str]:
     with zipfile.ZipFile(wheel) as archive:
         return set(archive.namelist())
+
+
+def test_the_version_is_tethers(dist: Dist) -> None:
+    """Both archives carry ``tether.__version__``, the one place the version is written."""
+    assert dist.wheel.name == f"django_tether-{tether.__version__}-py3-none-any.whl"
+    assert dist.sdist.name == f"django_tether-{tether.__version__}.tar.gz"
 
 
 def test_twine_check_accepts_both(dist: Dist) -> None:
