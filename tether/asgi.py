@@ -55,6 +55,8 @@ class TetherASGIHandler:
         await stop_hub()
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
+        """Serve the ASGI lifespan protocol: ``startup()`` and ``shutdown()``, each reported as
+        complete or, with the exception's message, failed (logged with its traceback)."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":

@@ -129,12 +129,15 @@ class WebSocketTestClient:
         await self._to_app.put(message)
 
     async def send_text(self, data: str) -> None:
+        """Send a text message to the application, as a browser would."""
         await self.send_message({"type": "websocket.receive", "text": data})
 
     async def send_bytes(self, data: bytes) -> None:
+        """Send a binary message to the application."""
         await self.send_message({"type": "websocket.receive", "bytes": data})
 
     async def send_json(self, data: Any) -> None:
+        """Send ``data`` encoded as JSON in one text message."""
         await self.send_text(json.dumps(data))
 
     async def receive(self) -> str | bytes:
@@ -154,16 +157,19 @@ class WebSocketTestClient:
         return text if text is not None else bytes(message["bytes"])
 
     async def receive_text(self) -> str:
+        """The next message, which must be text (``AssertionError`` otherwise); see ``receive()``."""
         data = await self.receive()
         assert isinstance(data, str), f"expected a text frame, got {data!r}"
         return data
 
     async def receive_bytes(self) -> bytes:
+        """The next message, which must be binary (``AssertionError`` otherwise); see ``receive()``."""
         data = await self.receive()
         assert isinstance(data, bytes), f"expected a binary frame, got {data!r}"
         return data
 
     async def receive_json(self) -> Any:
+        """The next message, which must be text, decoded as JSON."""
         return json.loads(await self.receive_text())
 
     async def wait_closed(self) -> int:

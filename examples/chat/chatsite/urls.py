@@ -1,4 +1,3 @@
-from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path
 
 from chat import views
@@ -6,7 +5,7 @@ from chat.sockets import ChatSocket
 from tether.auth import token_view
 from tether.urls import websocket
 
-urlpatterns = [
+urlpatterns = [  # static files: chatsite/asgi.py (DEBUG) or nginx
     path("", views.home, name="home"),
     path("rooms/<slug:slug>/", views.room, name="room"),
     path("announce/", views.announce, name="announce"),
@@ -14,5 +13,4 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),  # login/, logout/, password_change/, ...
     websocket("ws/rooms/<slug:room>/", ChatSocket.as_handler(), name="chat-socket"),
     path("tether/token/", token_view, name="tether-token"),  # a token for ?auth=token pages
-    *staticfiles_urlpatterns(),  # DEBUG only; in a deployment nginx serves STATIC_ROOT
 ]
