@@ -4,9 +4,11 @@ Resolution goes through Django's own resolver (so ``include()`` and
 namespaces work) over the URLconf's websocket patterns only: an HTTP pattern
 at the same path, earlier or not, never hides a websocket route. Each socket
 gets its own ``ResolverMatch``. Serving plugs the session, user and groups
-into the socket (``Services``), makes every socket whose session carries a
-user a member of ``user_group(user)`` before its handshake is answered, and
-turns every way a handler can end into a defined close (``tether.closing``).
+into the socket (``Services``), checks a bearer token before the handler runs
+(refused with 4401), makes every socket whose session or token carries a user
+a member of ``user_group(user)`` before its handshake is answered, registers
+it with ``tether.revocation`` (closed when its login ends), and turns every
+way a handler can end into a defined close (``tether.closing``).
 """
 
 from __future__ import annotations
