@@ -14,6 +14,7 @@ import django
 from django.core.handlers.asgi import ASGIHandler
 
 from ._types import Receive, Scope, Send
+from .checks import check_installed, check_websocket_server
 from .codes import CloseCode
 from .hub import get_hub, stop_hub
 from .routing import WebSocketRouter
@@ -76,10 +77,16 @@ class TetherASGIHandler:
 
 
 def get_asgi_application() -> TetherASGIHandler:
-    """Set up Django and return the project's ASGI application (use in ``asgi.py``)."""
-    django.setup(set_prefix=False)
-    from .checks import check_installed
+    """Set up Django and return the project's ASGI application (use in ``asgi.py``).
 
+    Logs (logger ``tether.checks``) the traps a server start should not hide:
+    tether.W003 (``tether`` not installed) and tether.E001 (uvicorn installed
+    without a WebSocket library, so every handshake is answered as plain HTTP).
+    """
+    django.setup(set_prefix=False)
+    checks_logger = logging.getLogger("tether.checks")
     for message in check_installed():  # a check that can't be registered when tether isn't installed
-        logging.getLogger("tether.checks").warning("%s", message)
+        checks_logger.warning("%s", message)
+    for message in check_websocket_server():  # also in `manage.py check`, but a server start must say it
+        checks_logger.error("%s", message)
     return TetherASGIHandler()
