@@ -19,17 +19,31 @@ import asyncio
 import collections
 import enum
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from importlib import import_module
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
+
+from django.apps import apps
+from django.test import TransactionTestCase
 
 from .asgi import TetherASGIHandler
 from .codes import CloseCode
 from .exceptions import Disconnected
 
-__all__ = ["Rejected", "WebSocketTestClient", "connect", "get_application", "session_cookie"]
+__all__ = [
+    "LiveServer",
+    "Rejected",
+    "TetherLiveServerTestCase",
+    "WebSocketTestClient",
+    "connect",
+    "get_application",
+    "live_server",
+    "session_cookie",
+]
 
 _application: Any = None
 
@@ -373,3 +387,135 @@ async def connect(
         yield ws
     finally:
         await ws.close()
+
+
+# -- a live server, for browser tests -----------------------------------------
+
+
+class LiveServer:
+    """uvicorn serving the project (HTTP, WebSockets, static files) from a thread of the test process.
+
+    What Channels' ``ChannelsLiveServerTestCase`` runs, for tests that drive a
+    real client: a browser (Playwright, Selenium) or the ``websockets`` library.
+    The server runs the real ASGI application with lifespan, so the hub starts
+    and stops as in production; handlers see the test settings and database.
+    Use ``live_server()`` or ``TetherLiveServerTestCase`` rather than this class.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, static: bool = True, timeout: float = 10.0) -> None:
+        self.host, self.timeout = host, timeout
+        self._socket = socket.create_server((host, port))
+        self.port: int = self._socket.getsockname()[1]
+        self._static = static
+        self._ready = threading.Event()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (like ``LiveServerTestCase.live_server_url``)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://host:port``: prefix a websocket route's path with it."""
+        return f"ws://{self.host}:{self.port}"
+
+    def _application(self) -> TetherASGIHandler:
+        http: Any = None
+        if self._static and apps.is_installed("django.contrib.staticfiles"):
+            from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+            from django.core.handlers.asgi import ASGIHandler
+
+            http = ASGIStaticFilesHandler(ASGIHandler())
+        return TetherASGIHandler(http)
+
+    def start(self) -> None:
+        """Start serving; returns once the server answers (lifespan startup done). Raises if it can't start."""
+        import uvicorn  # an optional dependency (tether[server]); only live-server tests need it
+        from uvicorn.config import WS_PROTOCOLS
+
+        ready = self._ready
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: Any = None) -> None:
+                try:
+                    await super().startup(sockets)
+                finally:
+                    ready.set()
+
+        ws = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "auto"
+        config = uvicorn.Config(self._application(), lifespan="on", ws=ws, log_level="warning")
+        self._server = Server(config)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._server.serve([self._socket]),), name="tether-live-server", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(self.timeout) or not self._server.started:
+            self.stop()
+            raise RuntimeError(f"the live server did not start within {self.timeout}s (see the log above)")
+
+    def stop(self) -> None:
+        """Stop serving (open sockets are closed, lifespan shutdown runs) and wait for the thread. Idempotent."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(self.timeout)
+            self._thread = None
+        self._socket.close()
+
+
+@contextmanager
+def live_server(host: str = "127.0.0.1", port: int = 0, *, static: bool = True) -> Iterator[LiveServer]:
+    """Serve the project with uvicorn in a thread for the with-block (pytest: wrap it in a fixture).
+
+    ::
+
+        with live_server() as server:
+            async with websockets.connect(f"{server.ws_url}/ws/echo/") as ws: ...
+            page.goto(f"{server.url}/rooms/lobby/")   # Playwright
+
+    Handlers run in this process against the test database, so the database must
+    be reachable from the server's threads: PostgreSQL, or SQLite in a file
+    (pytest-django: ``@pytest.mark.django_db(transaction=True)``, as for Django's
+    own ``LiveServerTestCase``).
+    """
+    server = LiveServer(host, port, static=static)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class TetherLiveServerTestCase(TransactionTestCase):
+    """``TransactionTestCase`` with the project served live by uvicorn (HTTP and WebSockets) for the class.
+
+    The replacement for Channels' ``ChannelsLiveServerTestCase``:
+    ``live_server_url`` (``http://...``) and ``live_server_ws_url`` (``ws://...``)
+    point at the server; static files are served when ``django.contrib.staticfiles``
+    is installed (``serve_static = False`` to turn off).
+    """
+
+    host = "127.0.0.1"
+    port = 0
+    serve_static = True
+    server: ClassVar[LiveServer]
+    live_server_url: ClassVar[str]
+    live_server_ws_url: ClassVar[str]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.server = LiveServer(cls.host, cls.port, static=cls.serve_static)
+        try:
+            cls.server.start()
+        except Exception:
+            super().tearDownClass()
+            raise
+        cls.live_server_url, cls.live_server_ws_url = cls.server.url, cls.server.ws_url
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
+        super().tearDownClass()
