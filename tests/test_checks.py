@@ -166,3 +166,17 @@ def test_w006_silent_when_tether_comes_first() -> None:
     with override_settings(INSTALLED_APPS=["tether", "django.contrib.staticfiles"]):
         assert check_runserver_order() == []
     assert check_runserver_order() == []
+
+
+@pytest.mark.parametrize("entry", ["*", "https://*", "http://*.", "https://*.*"])
+def test_a_bare_wildcard_among_trusted_origins_is_flagged_on_deploy(entry: str) -> None:
+    """W014: check --deploy flags a trusted origin that trusts every site."""
+    with override_settings(CSRF_TRUSTED_ORIGINS=[entry]):
+        assert "tether.W014" in _ids(run_checks(tags=["tether"], include_deployment_checks=True))
+    with override_settings(TETHER={"ALLOWED_ORIGINS": [entry]}):
+        assert "tether.W014" in _ids(run_checks(tags=["tether"], include_deployment_checks=True))
+
+
+def test_subdomain_wildcards_among_trusted_origins_pass() -> None:
+    with override_settings(CSRF_TRUSTED_ORIGINS=["https://*.example.com", "https://app.example.com:8443"]):
+        assert "tether.W014" not in _ids(run_checks(tags=["tether"], include_deployment_checks=True))

@@ -42,6 +42,7 @@ class RefusalIsNotAnError(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """False (drop) for the false handshake error of a connection tether refused; True for anything else."""
         return not (record.msg == _UNFINISHED_HANDSHAKE and _refused_with_response.get())
 
 
@@ -121,6 +122,8 @@ class TetherASGIHandler:
         await stop_hub()
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
+        """Serve the ASGI lifespan protocol: ``startup()`` and ``shutdown()``, each reported as
+        complete or, with the exception's message, failed (logged with its traceback)."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":

@@ -11,6 +11,7 @@ tether.W005    an unknown key in the ``TETHER`` setting (a typo)           ``che
 tether.W006    ``django.contrib.staticfiles`` listed before ``tether``     ``check``
 tether.W010    the memory backend with DEBUG off                           ``--deploy``
 tether.W011    Origin checking disabled                                    ``--deploy``
+tether.W014    a bare wildcard among the trusted origins                   ``--deploy``
 =============  ==========================================================  ===========
 
 W003 can't be a registered check: Django only runs checks that installed apps
@@ -206,5 +207,22 @@ def check_origin_checking(app_configs: Sequence[AppConfig] | None = None, **kwar
             "(Cross-Site WebSocket Hijacking). Fix: remove the setting, and list extra origins in "
             "TETHER['ALLOWED_ORIGINS'] instead.",
             id="tether.W011",
+        )
+    ]
+
+
+@register("tether", Tags.security, deploy=True)
+def check_trusted_origins(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """tether.W014: a trusted origin of ``"*"`` or ``"https://*"`` lets every site's pages connect."""
+    entries = [*getattr(settings, "CSRF_TRUSTED_ORIGINS", []), *get_setting("ALLOWED_ORIGINS")]
+    bare = [entry for entry in entries if entry.split("://", 1)[-1].strip("*.") == ""]
+    if not bare:
+        return []
+    return [
+        Warning(
+            f"{', '.join(repr(entry) for entry in bare)} in CSRF_TRUSTED_ORIGINS / TETHER['ALLOWED_ORIGINS'] "
+            "trusts every origin: any web page can open a WebSocket carrying your users' cookies. Fix: list "
+            'the origins your pages are served from ("https://app.example.com", "https://*.example.com").',
+            id="tether.W014",
         )
     ]

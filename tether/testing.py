@@ -220,12 +220,15 @@ class WebSocketTestClient:
         await self._to_app.put(message)
 
     async def send_text(self, data: str) -> None:
+        """Send a text message to the application, as a browser would."""
         await self.send_message({"type": "websocket.receive", "text": data})
 
     async def send_bytes(self, data: bytes) -> None:
+        """Send a binary message to the application."""
         await self.send_message({"type": "websocket.receive", "bytes": data})
 
     async def send_json(self, data: Any) -> None:
+        """Send ``data`` encoded as JSON in one text message."""
         await self.send_text(json.dumps(data))
 
     async def receive(self, timeout: float | None = None) -> str | bytes:
@@ -249,16 +252,19 @@ class WebSocketTestClient:
         return text if text is not None else bytes(message["bytes"])
 
     async def receive_text(self, timeout: float | None = None) -> str:
+        """The next message, which must be text (``AssertionError`` otherwise); see ``receive()``."""
         data = await self.receive(timeout)
         assert isinstance(data, str), f"expected a text frame, got {data!r}"
         return data
 
     async def receive_bytes(self, timeout: float | None = None) -> bytes:
+        """The next message, which must be binary (``AssertionError`` otherwise); see ``receive()``."""
         data = await self.receive(timeout)
         assert isinstance(data, bytes), f"expected a binary frame, got {data!r}"
         return data
 
     async def receive_json(self, timeout: float | None = None) -> Any:
+        """The next message, which must be text, decoded as JSON; see ``receive()``."""
         return json.loads(await self.receive_text(timeout))
 
     async def receive_nothing(self, timeout: float = 0.1) -> bool:
@@ -506,6 +512,7 @@ class TetherLiveServerTestCase(TransactionTestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
+        """Start the server once for the class (after the class's ``override_settings``)."""
         super().setUpClass()
         cls.server = LiveServer(cls.host, cls.port, static=cls.serve_static)
         try:
@@ -517,5 +524,6 @@ class TetherLiveServerTestCase(TransactionTestCase):
 
     @classmethod
     def tearDownClass(cls) -> None:
+        """Stop the server: open sockets are closed and the lifespan shutdown runs."""
         cls.server.stop()
         super().tearDownClass()
