@@ -63,6 +63,7 @@ def old_uvicorn() -> Path:
             capture_output=True,
             text=True,
             timeout=300,
+            env={k: v for k, v in os.environ.items() if k != "PIP_CONSTRAINT"},  # the floor run pins uvicorn
         )
         require(
             result.returncode == 0, f"could not install uvicorn=={OLD_UVICORN} for the test: {result.stderr[-500:]}"
