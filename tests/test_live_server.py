@@ -107,3 +107,23 @@ def test_live_server_context_manager_for_pytest(settings: Any) -> None:
         assert asyncio.run(ping(f"{server.ws_url}/ws/live/lobby/")) == "pong lobby users=0"
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{server.url}/page/", timeout=5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_live_server_allows_its_own_host(settings: Any) -> None:
+    """Like Django's LiveServerTestCase, the server's host is allowed: Host header and Origin check pass."""
+    settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["testserver"]
+
+    async def from_its_page(server: Any) -> str:
+        async with websockets.connect(f"{server.ws_url}/ws/live/lobby/", origin=server.url) as ws:
+            await ws.send("ping")
+            return str(await ws.recv())
+
+    with live_server() as server:
+        with urllib.request.urlopen(f"{server.url}/page/", timeout=5) as response:
+            assert response.status == 200
+        assert asyncio.run(from_its_page(server)) == "pong lobby users=0"
+    from django.conf import settings as current
+
+    assert current.ALLOWED_HOSTS == ["testserver"]  # given back after the server stops

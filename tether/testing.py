@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
 from django.apps import apps
-from django.test import TransactionTestCase
+from django.test import TransactionTestCase, modify_settings
 
 from .asgi import TetherASGIHandler
 from .codes import CloseCode
@@ -416,6 +416,7 @@ class LiveServer:
         self._ready = threading.Event()
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._allowed_host: modify_settings | None = None
 
     @property
     def url(self) -> str:
@@ -450,6 +451,9 @@ class LiveServer:
                 finally:
                     ready.set()
 
+        # As Django's LiveServerTestCase does: the server's host is allowed (Host header and Origin check).
+        self._allowed_host = modify_settings(ALLOWED_HOSTS={"append": self.host})
+        self._allowed_host.enable()
         ws = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "auto"
         config = uvicorn.Config(self._application(), lifespan="on", ws=ws, log_level="warning")
         self._server = Server(config)
@@ -468,6 +472,9 @@ class LiveServer:
         if self._thread is not None:
             self._thread.join(self.timeout)
             self._thread = None
+        if self._allowed_host is not None:
+            self._allowed_host.disable()
+            self._allowed_host = None
         self._socket.close()
 
 
