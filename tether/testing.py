@@ -352,6 +352,10 @@ async def connect(
 ) -> AsyncIterator[WebSocketTestClient]:
     """Open a WebSocket to ``path`` ("/ws/chat/lobby/?x=1") on the application, in-process.
 
+    ``path`` is written as a browser sends it, percent-encoded or not
+    ("/ws/chat/hello%20world/", "/ws/chat/café/"): the scope's ``path`` is
+    decoded once and ``raw_path`` keeps the encoding, as under a real server.
+
     ``user`` logs that user in: a real session is saved through the configured
     ``SESSION_ENGINE`` (as ``Client.force_login()`` does) and its cookie sent.
     ``origin`` sets the ``Origin`` header, as a browser would.
@@ -378,7 +382,7 @@ async def connect(
         "path": unquote(raw_path),  # ASGI: path decoded, raw_path as sent
         "raw_path": raw_path.encode("ascii"),
         "root_path": "",
-        "query_string": parts.query.encode(),
+        "query_string": quote(parts.query, safe="/%:@!$&'()*+,;=-._~?").encode("ascii"),
         "headers": raw_headers,
         "client": client,
         "server": ("testserver", 80),
