@@ -26,8 +26,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 DOCS = ROOT / "docs"
 PAGES = {
-    "migrating-from-channels.md": ["test_chat", "test_anonymous_is_refused"],
+    "migrating-from-channels.md": ["test_chat", "test_anonymous_is_refused", "test_tutorial_rooms"],
     "faq.md": ["test_profile", "test_broken"],
+    "testing.md": ["test_echo_and_broadcast", "test_nothing_arrives", "test_unknown_route"],
 }
 
 
