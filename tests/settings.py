@@ -8,7 +8,8 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
-ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+ALLOWED_HOSTS = json.loads(os.environ.get("TETHER_TEST_ALLOWED_HOSTS", '["testserver", "localhost", "127.0.0.1"]'))
+CSRF_TRUSTED_ORIGINS = json.loads(os.environ.get("TETHER_TEST_CSRF_TRUSTED_ORIGINS", "[]"))
 INSTALLED_APPS = [
     "tether",
     "django.contrib.auth",

@@ -201,3 +201,38 @@ async def test_no_origin_is_refused_when_the_setting_says_so(strict_server: Serv
     ) as ws:
         await ws.send("ping")
         assert await ws.recv() == "pong!"
+
+
+@pytest.fixture(scope="module")
+def star_server(django_db_setup: None) -> Iterator[Server]:
+    """ALLOWED_HOSTS = ["*"], as behind many proxies, and one trusted front-end origin."""
+    env = {
+        "TETHER_TEST_SQLITE": str(settings.DATABASES["default"]["NAME"]),
+        "TETHER_TEST_ALLOWED_HOSTS": json.dumps(["*"]),
+        "TETHER_TEST_CSRF_TRUSTED_ORIGINS": json.dumps(["https://app.example.com"]),
+    }
+    with serve("uvicorn-sansio", env=env) as running:
+        yield running
+
+
+async def test_allowed_hosts_star_on_a_real_server_refuses_a_foreign_origin(
+    star_server: Server, login_cookie: str
+) -> None:
+    """With ALLOWED_HOSTS = ["*"], evil.example carrying a valid session cookie gets HTTP 403; the
+    site's own origin and the CSRF_TRUSTED_ORIGINS entry connect and see the user."""
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(
+            f"{star_server.url}/ws/auth/whoami/",
+            origin=websockets.Origin("https://evil.example"),
+            additional_headers={"Cookie": login_cookie},
+        ):
+            pass
+    assert info.value.response.status_code == 403 and b"4403" in info.value.response.body
+    assert "Origin 'https://evil.example' is not allowed" in star_server.log
+    for origin in (f"http://127.0.0.1:{star_server.port}", "https://app.example.com"):
+        async with websockets.connect(
+            f"{star_server.url}/ws/auth/whoami/",
+            origin=websockets.Origin(origin),
+            additional_headers={"Cookie": login_cookie},
+        ) as ws:
+            assert json.loads(await ws.recv())["user"] == "ann"
