@@ -4,7 +4,9 @@ A WebSocket handshake carries the browser's cookies but, unlike a form post,
 no CSRF token, so any web page could open a socket as the logged-in user.
 Browsers always send ``Origin`` on a WebSocket handshake; tether refuses one
 that matches neither ``ALLOWED_HOSTS`` nor ``CSRF_TRUSTED_ORIGINS`` (nor
-``TETHER["ALLOWED_ORIGINS"]``), using Django's own matching rules.
+``TETHER["ALLOWED_ORIGINS"]``), using Django's own matching rules. A
+handshake with more than one ``Origin`` header is refused too: no browser
+sends that, and servers differ on which one the application would see.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
 from .conf import get_setting
-from .websocket import WebSocket, scope_header
+from ._types import Scope
+from .websocket import WebSocket
 
 __all__ = ["origin_allowed", "origin_refusal"]
 
@@ -72,11 +75,21 @@ def origin_allowed(origin: str, socket_scheme: str = "ws") -> bool:
     return bool(domain) and validate_host(domain, _allowed_hosts())
 
 
+def _origin_headers(scope: Scope) -> list[str]:
+    """Every ``Origin`` header of the handshake, in order."""
+    return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key.lower() == b"origin"]
+
+
 def origin_refusal(socket: WebSocket) -> str | None:
     """Why the handshake's Origin is refused, or None if it may connect (reads settings once)."""
     if not get_setting("CHECK_ORIGIN"):
         return None
-    origin = scope_header(socket.scope, b"origin")  # not socket.headers: that copy would live as long as the socket
+    origins = _origin_headers(socket.scope)  # not socket.headers: that copy would live as long as the socket
+    if len(origins) > 1 or (origins and "," in origins[0]):
+        # Servers disagree on which of several headers the application sees (wsproto: the first), and a
+        # proxy may join them with ", ": a browser sends exactly one, so refuse rather than pick one.
+        return f"more than one Origin header ({', '.join(map(repr, origins))}); a browser sends exactly one"
+    origin = origins[0] if origins else None
     if origin is None:
         return None if get_setting("ALLOW_NO_ORIGIN") else "no Origin header (TETHER['ALLOW_NO_ORIGIN'] is off)"
     if origin_allowed(origin, str(socket.scope.get("scheme", "ws"))):

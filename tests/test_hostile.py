@@ -1,0 +1,162 @@
+"""Hostile and broken clients against a real uvicorn: bounded closes, bounded memory, strict JSON, one Origin.
+
+Every test runs a real server process (``tests.servers.serve``) with
+``tests.hostile_app`` as tether's URLconf, and attacks it over loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tests.servers import Server, serve
+from tether.websocket import CLOSE_TIMEOUT
+
+GRACEFUL = 5  # --timeout-graceful-shutdown of the servers below
+
+
+def hostile_env(**tether: Any) -> dict[str, str]:
+    return {"TETHER_TEST_SETTINGS": json.dumps({"URLCONF": "tests.hostile_app", **tether})}
+
+
+def raw_handshake(
+    port: int, path: str, headers: tuple[tuple[str, str], ...] = (), rcvbuf: int = 4096
+) -> tuple[socket.socket, bytes]:
+    """A WebSocket handshake by hand on a socket with a tiny receive buffer; returns it and the response head."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect(): sets the TCP window
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers),
+    ]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        response += chunk
+    return sock, response
+
+
+async def command(control: ClientConnection, **data: Any) -> dict[str, Any]:
+    await control.send(json.dumps(data))
+    reply: dict[str, Any] = json.loads(await asyncio.wait_for(control.recv(), 60))
+    return reply
+
+
+async def wait_stats(control: ClientConnection, done: Any, timeout: float) -> dict[str, Any]:
+    """Poll the server's stats (bounded) until ``done(stats)``; returns them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await command(control, stats=True)
+        if done(stats) or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.05)  # poll interval of a bounded poll
+
+
+# -- 1. OVERFLOW="close" with a client that stops reading ----------------------------
+
+
+@contextlib.contextmanager
+def hostile_server(**tether: Any) -> Iterator[Server]:
+    with serve(
+        "uvicorn-sansio", env=hostile_env(**tether), extra_args=["--timeout-graceful-shutdown", str(GRACEFUL)]
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def overflow_server() -> Iterator[Server]:
+    with hostile_server(QUEUE_SIZE=50) as server:
+        yield server
+
+
+@pytest.fixture
+def deep_queue_server() -> Iterator[Server]:
+    with hostile_server(QUEUE_SIZE=1000) as server:
+        yield server
+
+
+async def overflow_victim(server: Server, group: str) -> tuple[socket.socket, float]:
+    """A victim that never reads, overflowed by broadcasts; returns its socket and when the flood began."""
+    victim, response = raw_handshake(server.port, f"/ws/victim/{group}/")
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return victim, time.time()
+
+
+async def test_overflow_releases_a_client_that_stops_reading(overflow_server: Server) -> None:
+    """A client that never reads is overflowed: at once its handler ends with Disconnected(1013) and its
+    membership and queue are gone; within CLOSE_TIMEOUT tether gives up the close frame and says so;
+    no task exception is left unretrieved.
+    """
+    async with websockets.connect(f"{overflow_server.url}/ws/control/") as control:
+        victim, _ = await overflow_victim(overflow_server, "slow")
+        with victim:
+            joined = await wait_stats(control, lambda s: "slow" in s["live"] and s["hub"]["members"] >= 1, 10)
+            assert joined["hub"]["groups"] == 1, joined
+            flood_began = time.time()
+            await command(control, broadcast="slow", count=2000, size=16384)  # 32 MB to a client reading nothing
+            stats = await wait_stats(control, lambda s: s["ended"], 10)
+            [ended] = stats["ended"]
+            assert ended["disconnected"] == 1013
+            assert stats["live"] == [] and stats["hub"]["members"] == 0 and stats["hub"]["groups"] == 0
+            assert stats["hub"]["dropped_messages"] > 0
+            released = ended["ended_at"] - flood_began
+            gave_up = "Gave up sending close 1013 to websocket /ws/victim/slow/"
+            deadline = time.monotonic() + CLOSE_TIMEOUT + 5
+            while gave_up not in overflow_server.log and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # bounded poll of the log
+            log = overflow_server.log
+            assert gave_up in log, log
+            assert "Closing websocket /ws/victim/slow/ with 1013" in log
+            # a sentinel after the give-up: the server still serves, and nothing was left unretrieved
+            assert (await command(control, stats=True))["hub"]["tasks"] == 0
+            stopped_at = time.monotonic()
+            code = overflow_server.stop(timeout=GRACEFUL + 10)
+            took = time.monotonic() - stopped_at
+    log = overflow_server.log
+    assert "Task exception was never retrieved" not in log, log
+    assert "Traceback" not in log, log
+    assert code in (0, -signal.SIGTERM), log  # uvicorn >= 0.30 re-raises the signal once shut down
+    assert took < GRACEFUL + 1, f"SIGTERM took {took:.1f}s with --timeout-graceful-shutdown {GRACEFUL}\n{log}"
+    print(f"handler released {released:.2f}s after the flood began; SIGTERM exit took {took:.2f}s")
+
+
+async def test_sigterm_with_a_non_reading_client_exits_within_the_graceful_timeout(deep_queue_server: Server) -> None:
+    """SIGTERM while a client that stopped reading is still connected, every buffer full and its queue
+    half full, exits within --timeout-graceful-shutdown (plus lifespan), without a task exception.
+    """
+    server = deep_queue_server
+    async with websockets.connect(f"{server.url}/ws/control/") as control:
+        victim, _ = await overflow_victim(server, "stuck")
+        with victim:
+            await wait_stats(control, lambda s: "stuck" in s["live"], 10)
+            await command(control, broadcast="stuck", count=600, size=16384)  # 9.6 MB: more than the buffers hold
+            stats = await command(control, stats=True)
+            assert stats["live"] == ["stuck"] and stats["hub"]["members"] == 1  # still connected, not overflowed
+            stopped_at = time.monotonic()
+            code = server.stop(timeout=GRACEFUL + 20)
+            took = time.monotonic() - stopped_at
+    log = server.log
+    assert "Task exception was never retrieved" not in log, log
+    assert took < GRACEFUL + 1, f"SIGTERM took {took:.1f}s with --timeout-graceful-shutdown {GRACEFUL}\n{log}"
+    print(f"SIGTERM exit took {took:.2f}s; exit code {code}")
