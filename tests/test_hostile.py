@@ -160,3 +160,64 @@ async def test_sigterm_with_a_non_reading_client_exits_within_the_graceful_timeo
     assert "Task exception was never retrieved" not in log, log
     assert took < GRACEFUL + 1, f"SIGTERM took {took:.1f}s with --timeout-graceful-shutdown {GRACEFUL}\n{log}"
     print(f"SIGTERM exit took {took:.2f}s; exit code {code}")
+
+
+# -- 3, 4, 5: nested JSON, NaN, two Origin headers ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with hostile_server() as running:
+        yield running
+
+
+async def test_deeply_nested_json_closes_1007_with_a_warning(server: Server) -> None:
+    """JSON nested 32,000 deep (64 KB, under MAX_MESSAGE_SIZE) closes with 1007 and a WARNING, not 1011."""
+    async with websockets.connect(f"{server.url}/ws/json/") as ws:
+        await ws.send("[" * 32000 + "]" * 32000)
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == 1007, ws.close_reason
+    assert "nested too deeply" in (ws.close_reason or "")
+    async with websockets.connect(f"{server.url}/ws/json/") as ws:  # a sentinel: the log line is written by now
+        await ws.send("[1]")
+        assert json.loads(await ws.recv()) == {"echo": [1]}
+    log = server.log
+    assert "Closing websocket /ws/json/ with 1007: malformed JSON: nested too deeply" in log
+    assert "RecursionError" not in log and "Traceback" not in log
+
+
+def strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"invalid JSON on the wire: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+async def test_send_json_refuses_nan_and_infinity(server: Server) -> None:
+    """send_json() raises ValueError naming the problem for NaN and Infinity; only valid JSON goes out."""
+    async with websockets.connect(f"{server.url}/ws/nan/") as ws:
+        frames = [strict_json(str(await asyncio.wait_for(ws.recv(), 10))) for _ in range(3)]
+    assert [list(frame) for frame in frames] == [["refused"], ["refused"], ["sentinel"]]
+    assert "can't send NaN or Infinity as JSON" in frames[0]["refused"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        ("uvicorn", 403),  # tether refuses
+        ("uvicorn-sansio", 400),  # the websockets library refuses first: "invalid Origin header: multiple values"
+        ("uvicorn-wsproto", 403),  # tether refuses (tether alone used to check the first one: accepted)
+    ],
+)
+def test_two_origin_headers_are_refused(kind: str, status: int) -> None:
+    """A handshake with two Origin headers (an allowed one first) is refused on every uvicorn implementation."""
+    with serve(kind, env=hostile_env()) as running:
+        origins = (("Origin", f"http://127.0.0.1:{running.port}"), ("Origin", "https://evil.example"))
+        sock, response = raw_handshake(running.port, "/ws/echo/", origins)
+        sock.close()
+        assert response.startswith(b"HTTP/1.1 %d" % status), response
+        sock, response = raw_handshake(running.port, "/ws/echo/", origins[:1])  # the allowed one alone passes
+        sock.close()
+        assert response.startswith(b"HTTP/1.1 101"), response
+        assert ("more than one Origin header" in running.log) is (status == 403), running.log

@@ -165,3 +165,22 @@ async def test_no_origin_is_refused_when_the_setting_says_so(strict_server: Serv
     ) as ws:
         await ws.send("ping")
         assert await ws.recv() == "pong!"
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        ["http://testserver", "https://evil.example"],  # the allowed one first: checking only it let evil in
+        ["https://evil.example", "http://testserver"],
+        ["http://testserver", "http://testserver"],
+        ["http://testserver, https://evil.example"],  # as a proxy joins repeated headers
+    ],
+)
+async def test_more_than_one_origin_is_refused(origins: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A handshake with more than one Origin (no browser sends that) is refused with 4403 and logged."""
+    with pytest.raises(Rejected) as info:
+        async with connect("/ws/echo/", headers=[("origin", origin) for origin in origins]):
+            pass
+    assert (info.value.status, info.value.code) == (403, CloseCode.FORBIDDEN)
+    [record] = [r for r in caplog.records if r.name == "tether.security"]
+    assert "more than one Origin header" in record.getMessage()
