@@ -12,15 +12,19 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.servers import Server, serve
+from tests.servers import ROOT, Server, free_port, serve, wait_for_port
 from tether.websocket import CLOSE_TIMEOUT
 
 GRACEFUL = 5  # --timeout-graceful-shutdown of the servers below
@@ -73,6 +77,16 @@ async def wait_stats(control: ClientConnection, done: Any, timeout: float) -> di
         await asyncio.sleep(0.05)  # poll interval of a bounded poll
 
 
+async def wait_log(server: Server, text: str, timeout: float) -> str:
+    """Poll the server's log (bounded) until it holds ``text``; returns the log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = server.log
+        if text in log or time.monotonic() > deadline:
+            return log
+        await asyncio.sleep(0.05)  # poll interval of a bounded poll
+
+
 # -- 1. OVERFLOW="close" with a client that stops reading ----------------------------
 
 
@@ -122,10 +136,7 @@ async def test_overflow_releases_a_client_that_stops_reading(overflow_server: Se
             assert stats["hub"]["dropped_messages"] > 0
             released = ended["ended_at"] - flood_began
             gave_up = "Gave up sending close 1013 to websocket /ws/victim/slow/"
-            deadline = time.monotonic() + CLOSE_TIMEOUT + 5
-            while gave_up not in overflow_server.log and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)  # bounded poll of the log
-            log = overflow_server.log
+            log = await wait_log(overflow_server, gave_up, CLOSE_TIMEOUT + 5)
             assert gave_up in log, log
             assert "Closing websocket /ws/victim/slow/ with 1013" in log
             # a sentinel after the give-up: the server still serves, and nothing was left unretrieved
@@ -221,3 +232,119 @@ def test_two_origin_headers_are_refused(kind: str, status: int) -> None:
         sock.close()
         assert response.startswith(b"HTTP/1.1 101"), response
         assert ("more than one Origin header" in running.log) is (status == 403), running.log
+
+
+# -- 2. manage.py serve: the server's limits are tether's ------------------------------
+
+
+@contextlib.contextmanager
+def manage_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """``python -m django serve`` on a free port for the with-block (the test settings, tests.asgi)."""
+    port = free_port()
+    full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT), **(env or {})}
+    log_file = tempfile.NamedTemporaryFile(prefix="tether-serve-", suffix=".log", delete=False)
+    command = [sys.executable, "-m", "django", "serve", "--port", str(port), "--app", "tests.asgi:application", *args]
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+    server = Server("serve", port, process, Path(log_file.name))
+    try:
+        try:
+            wait_for_port(port, process)
+        except Exception as exc:
+            server.stop()
+            raise RuntimeError(f"manage.py serve did not start:\n{server.log}") from exc
+        yield server
+    finally:
+        server.stop()
+        log_file.close()
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
+
+
+CHUNK = 64 * 1024
+
+
+async def send_fragmented(port: int, total: int) -> str:
+    """Open a socket and send one binary message of ``total`` bytes in 64 KiB fragments; how it ended."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET /ws/bytes/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+
+    async def read_close() -> str:
+        received = b""
+        with contextlib.suppress(ConnectionError, OSError):
+            while chunk := await reader.read(65536):
+                received += chunk
+        # the server sends nothing but its close frame here: 0x88, length, then the code
+        return f"closed {int.from_bytes(received[2:4], 'big')}" if received[:1] == b"\x88" else "cut"
+
+    closing = asyncio.ensure_future(read_close())
+    payload = bytes(CHUNK)
+    sent = 0
+    with contextlib.suppress(ConnectionError, OSError):
+        while sent < total and not closing.done():
+            last = sent + CHUNK >= total
+            opcode = 0x2 if sent == 0 else 0x0
+            # FIN on the last fragment; masked with the all-zero key, so the payload goes as it is
+            header = bytes([(0x80 if last else 0) | opcode, 0x80 | 127]) + CHUNK.to_bytes(8, "big") + bytes(4)
+            writer.write(header + payload)
+            await writer.drain()
+            sent += CHUNK
+    try:
+        return await asyncio.wait_for(closing, 30)
+    finally:
+        writer.close()
+
+
+async def rss_growth(server: Server, clients: int = 20, size: int = 16 * 1024 * 1024) -> tuple[float, list[str]]:
+    """Peak RSS growth (MiB) of ``server`` while ``clients`` send a ``size`` fragmented message at once."""
+    async with websockets.connect(f"{server.url}/ws/echo/") as ws:  # warm: the first connection loads the code
+        await ws.send("ping")
+        assert await ws.recv() == "pong!"
+    before = memory_kib(server.process.pid)
+    endings = await asyncio.gather(*(send_fragmented(server.port, size) for _ in range(clients)))
+    after = memory_kib(server.process.pid)
+    return (after["VmHWM"] - before["VmRSS"]) / 1024, endings
+
+
+async def test_serve_bounds_the_memory_of_oversized_fragmented_messages() -> None:
+    """Under manage.py serve, 20 clients each sending a 16 MiB fragmented message grow the server's
+    peak RSS by less than 20 MiB: the server itself stops each at MAX_MESSAGE_SIZE (1 MiB) with 1009.
+    """
+    with manage_serve() as server:
+        growth, endings = await rss_growth(server)
+    assert "Serving tests.asgi:application" in server.log and "max message 1048576 bytes" in server.log
+    assert set(endings) <= {"closed 1009", "cut"} and "closed 1009" in endings, endings
+    assert growth < 20, f"peak RSS grew {growth:.1f} MiB"
+    print(f"manage.py serve: peak RSS +{growth:.1f} MiB for 20 x 16 MiB; {endings.count('closed 1009')} saw 1009")
+
+
+async def test_plain_uvicorn_buffers_oversized_messages_the_control() -> None:
+    """The control for the test above: plain uvicorn (--ws-max-size 16 MiB) holds the same attack in memory."""
+    with serve("uvicorn-sansio") as server:
+        growth, endings = await rss_growth(server)
+    assert growth > 60, f"peak RSS grew only {growth:.1f} MiB: the measurement can't tell"
+    print(f"plain uvicorn-sansio: peak RSS +{growth:.1f} MiB for 20 x 16 MiB; endings {set(endings)}")
+
+
+async def test_serve_flags_override_the_settings() -> None:
+    """Each of serve's limits comes from TETHER and a flag overrides it: a 2,000-byte message under
+    --ws-max-size 1000 is refused by the server with 1009; pings and shutdown follow the flags.
+    """
+    settings = json.dumps({"PING_INTERVAL": 7, "SHUTDOWN_TIMEOUT": 3})
+    with manage_serve("--ws-max-size", "1000", env={"TETHER_TEST_SETTINGS": settings}) as server:
+        async with websockets.connect(f"{server.url}/ws/echo/", max_size=None) as ws:
+            await ws.send("x" * 999)
+            assert await ws.recv() == "x" * 999
+            await ws.send("x" * 2000)
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+        assert ws.close_code == 1009
+    assert "max message 1000 bytes, pings every 7s, graceful shutdown 3s" in server.log, server.log

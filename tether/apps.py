@@ -7,4 +7,6 @@ class TetherConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import checks  # registers the system checks
+
+        checks.log_server_limits()  # under uvicorn's command line, no check command runs: log W012-W014

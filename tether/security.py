@@ -18,8 +18,8 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
-from .conf import get_setting
 from ._types import Scope
+from .conf import get_setting
 from .websocket import WebSocket
 
 __all__ = ["origin_allowed", "origin_refusal"]

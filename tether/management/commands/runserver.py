@@ -16,6 +16,8 @@ from django.core.management.base import CommandParser
 from django.core.management.commands.runserver import Command as DjangoRunserver
 from django.utils import autoreload
 
+from tether.server import announce_server_options, uvicorn_options
+
 BaseRunserver: type[DjangoRunserver] = DjangoRunserver
 if apps.is_installed("django.contrib.staticfiles"):
     from django.contrib.staticfiles.management.commands.runserver import Command as StaticRunserver
@@ -62,6 +64,8 @@ class Command(BaseRunserver):  # type: ignore[valid-type,misc]
         from tether.asgi import TetherASGIHandler
 
         autoreload.raise_last_exception()
+        limits = uvicorn_options()  # the same server limits as manage.py serve
+        announce_server_options({"ws": ws, **limits})
         self.stdout.write("Performing system checks...\n\n")
         self.check(display_num_errors=True)
         self.check_migrations()
@@ -80,6 +84,6 @@ class Command(BaseRunserver):  # type: ignore[valid-type,misc]
             f"Quit the server with {'CTRL-BREAK' if sys.platform == 'win32' else 'CONTROL-C'}.\n"
         )
         config = uvicorn.Config(
-            application, host=self.addr, port=int(self.port), ws=ws, lifespan="on", log_level="info"
+            application, host=self.addr, port=int(self.port), ws=ws, lifespan="on", log_level="info", **limits
         )
         uvicorn.Server(config).run()
