@@ -348,3 +348,30 @@ async def test_serve_flags_override_the_settings() -> None:
                 await ws.recv()
         assert ws.close_code == 1009
     assert "max message 1000 bytes, pings every 7s, graceful shutdown 3s" in server.log, server.log
+
+
+# -- 6. what a client sees when the server shuts down --------------------------------
+
+SHUTDOWN_CODES = {
+    "uvicorn": 1012,  # uvicorn closes every socket itself (service restart) before the lifespan shutdown
+    "uvicorn-sansio": 1012,
+    "uvicorn-wsproto": 1012,
+    "hypercorn": 1001,  # hypercorn runs the lifespan shutdown first: tether closes with 1001 (going away)
+    "daphne": 1006,  # daphne has no lifespan and drops the connections: no close frame
+    "granian": 1006,  # granian drops the connections too
+}
+
+
+@pytest.mark.parametrize("kind", list(SHUTDOWN_CODES))
+async def test_shutdown_close_code_per_server(kind: str) -> None:
+    """SIGTERM with a socket open: the close code the client gets depends on the server (the README's table)."""
+    with serve(kind) as server:
+        async with websockets.connect(f"{server.url}/ws/echo/") as ws:
+            await ws.send("ping")
+            assert await ws.recv() == "pong!"  # open and served
+            server.process.send_signal(signal.SIGTERM)
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 30)
+        code = ws.close_code if ws.close_code is not None else 1006
+        server.stop()
+    assert code == SHUTDOWN_CODES[kind], f"{kind} closed with {code}\n{server.log}"
