@@ -100,6 +100,11 @@ def site_config(site: Site, upstream_port: int, config: str | None = None) -> st
     )
 
 
+def with_header_timeout(config: str, timeout: str) -> str:
+    """``config`` with its ``client_header_timeout`` set to ``timeout`` (tests wait less than production)."""
+    return _substitute(config, r"^(\s*client_header_timeout\s+)\S+;", rf"\g<1>{timeout};")
+
+
 def without_upgrade_headers(config: str) -> str:
     """``config`` with the lines that pass the WebSocket upgrade removed: the classic mistake."""
     config = _substitute(config, r"^\s*proxy_set_header\s+Upgrade\s.*\n", "")
@@ -111,7 +116,7 @@ daemon off;
 {user}worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log info;
-events {{ worker_connections 512; }}
+events {{ worker_connections 2048; }}
 http {{
     include /etc/nginx/mime.types;
     access_log {dir}/access.log;

@@ -9,22 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.servers import ROOT, Server, free_port, serve, wait_for_port
+from tests.servers import Server, serve
+from tests.serving import manage_serve, memory_kib
 from tether.websocket import CLOSE_TIMEOUT
 
 GRACEFUL = 5  # --timeout-graceful-shutdown of the servers below
@@ -235,33 +231,6 @@ def test_two_origin_headers_are_refused(kind: str, status: int) -> None:
 
 
 # -- 2. manage.py serve: the server's limits are tether's ------------------------------
-
-
-@contextlib.contextmanager
-def manage_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """``python -m django serve`` on a free port for the with-block (the test settings, tests.asgi)."""
-    port = free_port()
-    full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT), **(env or {})}
-    log_file = tempfile.NamedTemporaryFile(prefix="tether-serve-", suffix=".log", delete=False)
-    command = [sys.executable, "-m", "django", "serve", "--port", str(port), "--app", "tests.asgi:application", *args]
-    process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-    server = Server("serve", port, process, Path(log_file.name))
-    try:
-        try:
-            wait_for_port(port, process)
-        except Exception as exc:
-            server.stop()
-            raise RuntimeError(f"manage.py serve did not start:\n{server.log}") from exc
-        yield server
-    finally:
-        server.stop()
-        log_file.close()
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
 
 
 CHUNK = 64 * 1024
