@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import signal
 import socket
 import time
@@ -344,3 +345,29 @@ async def test_shutdown_close_code_per_server(kind: str) -> None:
         code = ws.close_code if ws.close_code is not None else 1006
         server.stop()
     assert code == SHUTDOWN_CODES[kind], f"{kind} closed with {code}\n{server.log}"
+
+
+def test_pings_from_a_client_that_never_reads_stay_bounded() -> None:
+    """A client that floods pings and never reads the pongs for 5 s grows serve's RSS by under 20 MiB:
+    the server stops reading once its pongs can't go out (websockets-sansio under uvicorn >= 0.5x).
+    """
+    with manage_serve() as server:
+        before = memory_kib(server.process.pid)
+        sock, response = raw_handshake(server.port, "/ws/echo/")
+        assert response.startswith(b"HTTP/1.1 101"), response
+        ping = bytes([0x89, 0x80 | 125]) + bytes(4) + bytes(125)  # masked with the zero key
+        burst = ping * 500
+        sent = 0
+        sock.setblocking(False)
+        with sock:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    sent += sock.send(burst)
+                except BlockingIOError:
+                    select.select([], [sock], [], 0.05)  # wait until the server reads again (it won't)
+        after = memory_kib(server.process.pid)
+    growth = (after["VmHWM"] - before["VmRSS"]) / 1024
+    assert sent > 1024 * 1024, sent  # the flood did reach the server
+    assert growth < 20, f"peak RSS grew {growth:.1f} MiB for {sent / 2**20:.1f} MiB of pings"
+    print(f"ping flood: {sent / 2**20:.1f} MiB of pings sent in 5 s, peak RSS +{growth:.1f} MiB")
