@@ -11,7 +11,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from tether import checks
+from tether import checks, server
 
 
 def _ids(messages: list[Any]) -> list[str]:
@@ -166,3 +166,61 @@ def test_w006_silent_when_tether_comes_first() -> None:
     with override_settings(INSTALLED_APPS=["tether", "django.contrib.staticfiles"]):
         assert check_runserver_order() == []
     assert check_runserver_order() == []
+
+
+# -- W012-W014: the server's limits against tether's ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["uvicorn", "tests.asgi:application"], ["tether.W012", "tether.W014"]),  # uvicorn's defaults
+        (
+            ["/x/uvicorn/__main__.py", "tests.asgi:application", "--ws-ping-interval", "0"],
+            ["tether.W012", "tether.W013", "tether.W014"],
+        ),
+        (
+            ["uvicorn", "tests.asgi:application", "--ws-max-size", "1048576", "--timeout-graceful-shutdown", "10"],
+            [],
+        ),
+        (["manage.py", "check"], []),  # not a server: tether can't tell
+        (["gunicorn", "tests.asgi:application"], []),
+    ],
+)
+def test_server_limits_read_from_uvicorns_command_line(
+    argv: list[str], expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under uvicorn's command line tether parses its options and warns for each limit looser than its own."""
+    monkeypatch.setattr("sys.argv", argv)
+    assert _ids(checks.check_server_limits()) == expected
+
+
+def test_server_limits_follow_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A larger MAX_MESSAGE_SIZE, or limits turned off in TETHER, silence the matching warnings."""
+    monkeypatch.setattr("sys.argv", ["uvicorn", "tests.asgi:application", "--ws-ping-interval", "0"])
+    with override_settings(
+        TETHER={"MAX_MESSAGE_SIZE": 16 * 1024 * 1024, "PING_INTERVAL": None, "SHUTDOWN_TIMEOUT": None}
+    ):
+        assert checks.check_server_limits() == []
+
+
+def test_serve_announces_its_options_so_the_checks_see_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve and runserver announce what they start uvicorn with; tether's own options pass."""
+    monkeypatch.setattr(server, "_announced", None)
+    monkeypatch.setattr("sys.argv", ["manage.py", "serve"])
+    server.announce_server_options(server.uvicorn_options())
+    assert checks.check_server_limits() == []
+    server.announce_server_options({**server.uvicorn_options(), "ws_max_size": 16 * 1024 * 1024})
+    [message] = checks.check_server_limits()
+    assert message.id == "tether.W012" and "--ws-max-size 1048576" in message.msg
+
+
+def test_server_limits_are_logged_at_startup_under_uvicorn(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn's command line runs no check command: the warnings are logged at startup instead."""
+    monkeypatch.setattr("sys.argv", ["uvicorn", "tests.asgi:application"])
+    with override_settings(SILENCED_SYSTEM_CHECKS=["tether.W014"]):
+        checks.log_server_limits()
+    logged = [r.getMessage() for r in caplog.records if r.name == "tether.checks"]
+    assert len(logged) == 1 and "tether.W012" in logged[0]
