@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import websockets
+from django.test import override_settings
 from websockets.asyncio.client import ClientConnection
 
 from tests.servers import Server, serve
@@ -371,3 +372,20 @@ def test_pings_from_a_client_that_never_reads_stay_bounded() -> None:
     assert sent > 1024 * 1024, sent  # the flood did reach the server
     assert growth < 20, f"peak RSS grew {growth:.1f} MiB for {sent / 2**20:.1f} MiB of pings"
     print(f"ping flood: {sent / 2**20:.1f} MiB of pings sent in 5 s, peak RSS +{growth:.1f} MiB")
+
+
+def test_runserver_passes_the_same_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runserver starts uvicorn with serve's limits from TETHER (message size, pings, graceful shutdown)."""
+    import uvicorn
+    from django.core.management import call_command
+
+    from tether.management.commands import runserver
+
+    configs: list[Any] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: configs.append(self.config))
+    monkeypatch.setattr(runserver.Command, "check_migrations", lambda self: None)
+    with override_settings(TETHER={"MAX_MESSAGE_SIZE": 4096, "PING_INTERVAL": 7, "SHUTDOWN_TIMEOUT": 3}):
+        call_command("runserver", "127.0.0.1:0", use_reloader=False, skip_checks=True)
+    [config] = configs
+    assert (config.ws, config.ws_max_size, config.ws_ping_interval) == ("websockets-sansio", 4096, 7)
+    assert (config.ws_ping_timeout, config.timeout_graceful_shutdown) == (20.0, 3)
