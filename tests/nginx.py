@@ -105,6 +105,11 @@ def with_header_timeout(config: str, timeout: str) -> str:
     return _substitute(config, r"^(\s*client_header_timeout\s+)\S+;", rf"\g<1>{timeout};")
 
 
+def with_read_timeout(config: str, timeout: str) -> str:
+    """``config`` with its ``proxy_read_timeout`` set to ``timeout``."""
+    return _substitute(config, r"^(\s*proxy_read_timeout\s+)\S+;", rf"\g<1>{timeout};")
+
+
 def without_upgrade_headers(config: str) -> str:
     """``config`` with the lines that pass the WebSocket upgrade removed: the classic mistake."""
     config = _substitute(config, r"^\s*proxy_set_header\s+Upgrade\s.*\n", "")

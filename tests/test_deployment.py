@@ -33,6 +33,7 @@ from tests.nginx import (
     site_config,
     site_directory,
     with_header_timeout,
+    with_read_timeout,
     without_upgrade_headers,
 )
 from tests.servers import ROOT, Server, serve
@@ -221,6 +222,34 @@ def test_oversized_request_line_gets_414_from_nginx(served: Server, site: Site) 
         connection.request("GET", "/ws/echo/?" + "a" * 16_000)
         assert connection.getresponse().status == 414
         connection.close()
+
+
+@pytest.mark.parametrize("pings", ["1", "none"])
+async def test_proxy_read_timeout_against_the_ping_interval(pings: str, site: Site) -> None:
+    """With proxy_read_timeout (2 s here) above the server's ping interval (1 s) an idle socket stays
+    open through nginx; with the pings off, nginx cuts it after proxy_read_timeout.
+    """
+    with manage_serve("--ws-ping-interval", pings) as upstream:
+        with run_nginx(site, with_read_timeout(site_config(site, upstream.port), "2s")) as nginx:
+            async with websockets.connect(
+                f"{nginx.wss_url}/ws/echo/",
+                ssl=trusting(site),
+                origin=websockets.Origin(nginx.https_url),
+                ping_interval=None,  # the client stays silent: only the server's pings cross nginx
+            ) as ws:
+                started = time.monotonic()
+                try:
+                    await asyncio.wait_for(ws.recv(), 4)  # twice proxy_read_timeout of silence
+                except asyncio.TimeoutError:
+                    await ws.send("sentinel")  # still open: the echo comes back
+                    assert await asyncio.wait_for(ws.recv(), 5) == "sentinel"
+                    kept = True
+                except websockets.ConnectionClosed:
+                    kept = False
+                lasted = time.monotonic() - started
+    assert kept is (pings != "none"), f"pings {pings}: open {lasted:.1f}s"
+    if not kept:
+        assert 1.5 < lasted < 3.5, lasted
 
 
 # -- several worker processes, one Redis ------------------------------------
