@@ -1,7 +1,8 @@
 """Turn a run's measurements into docs/benchmarks.md, docs/img/bench-*.png and results.json.
 
-Every figure is shown three ways: the measured value (median of the runs, with min-max), and its
-ratio to ``raw`` and to ``channels`` measured in the same run.
+Every figure is shown three ways: the measured value (median of the runs, with min-max), its ratio
+to the raw loop on the same server implementation (``raw`` under ``--ws websockets``, ``raw-sansio``
+under ``--ws websockets-sansio``) and to ``channels``, all measured in the same run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ SCENARIO_INFO: dict[str, dict[str, Any]] = {
               "extra": [("messages", "messages", "{:.0f}"), ("last_ms", "last delivery ms", "{:.0f}")]},
     "idle": {"title": "Idle connections", "size": "connections", "unit": "KiB per connection", "higher": False,
              "extra": [("open_s", "open all s", "{:.1f}")]},
+    "hello": {"title": "Handshakes, anonymous", "size": "concurrent", "unit": "handshakes/s",
+              "higher": True, "extra": [("p50_ms", "p50 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}")]},
     "handshake": {"title": "Handshakes with session auth", "size": "concurrent", "unit": "handshakes/s",
                   "higher": True, "extra": [("p50_ms", "p50 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}")]},
 }  # fmt: skip
@@ -36,6 +39,7 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "fanout": (0.8, 5.0),
     "cross": (None, 5.0),
     "idle": (1.2, 0.6),
+    "handshake": (0.7, 2.0),  # x the raw loop's *anonymous* handshakes on the same server; x channels' authenticated
 }
 
 
@@ -70,6 +74,23 @@ def ratio(
     return a / b if a is not None and b else None
 
 
+def raw_for(scenario: str, app: str) -> str:
+    """The raw loop to compare ``app`` with: the same server implementation (and broker, across processes)."""
+    if scenario == "cross":
+        return BASELINES["cross"][0]
+    return "raw-sansio" if app.endswith("-sansio") else "raw"
+
+
+def raw_ratio(
+    summaries: dict[str, dict[str, dict[int, dict[str, Any]]]], scenario: str, app: str, size: int, key: str = "rate"
+) -> float | None:
+    """``app`` against the raw loop on its own server; authenticated handshakes against raw's anonymous ones."""
+    base_scenario = "hello" if scenario == "handshake" else scenario
+    a = summaries.get(scenario, {}).get(app, {}).get(size, {}).get(key)
+    b = summaries.get(base_scenario, {}).get(raw_for(scenario, app), {}).get(size, {}).get(key)
+    return a / b if a is not None and b else None
+
+
 def _fmt(value: float | None, spec: str = "{:,.0f}") -> str:
     return "-" if value is None else spec.format(value)
 
@@ -78,7 +99,7 @@ def _rate_spec(value: float | None) -> str:
     return "{:,.1f}" if value is not None and abs(value) < 100 else "{:,.0f}"
 
 
-def _plot(scenario: str, summary: dict[str, dict[int, dict[str, Any]]], path: Path) -> bool:
+def _plot(scenario: str, summaries: dict[str, dict[str, dict[int, dict[str, Any]]]], path: Path) -> bool:
     try:
         import matplotlib
 
@@ -87,7 +108,8 @@ def _plot(scenario: str, summary: dict[str, dict[int, dict[str, Any]]], path: Pa
     except ImportError:
         return False
     info = SCENARIO_INFO[scenario]
-    base_raw, base_channels = BASELINES.get(scenario, DEFAULT_BASELINES)
+    summary = summaries[scenario]
+    base_channels = BASELINES.get(scenario, DEFAULT_BASELINES)[1]
     apps = list(summary)
     sizes = sorted({size for cells in summary.values() for size in cells})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -99,13 +121,13 @@ def _plot(scenario: str, summary: dict[str, dict[int, dict[str, Any]]], path: Pa
         low = [max(v - (c.get("min") or v), 0) for v, c in zip(values, cells, strict=True)]
         high = [max((c.get("max") or v) - v, 0) for v, c in zip(values, cells, strict=True)]
         axes[0].bar(xs, values, width, label=app, yerr=[low, high], capsize=2)
-        for ax, base in ((axes[1], base_raw), (axes[2], base_channels)):
-            ratios = [ratio(summary, app, base, s) or 0 for s in sizes]
-            ax.bar(xs, ratios, width, label=app)
+        axes[1].bar(xs, [raw_ratio(summaries, scenario, app, s) or 0 for s in sizes], width, label=app)
+        axes[2].bar(xs, [ratio(summary, app, base_channels, s) or 0 for s in sizes], width, label=app)
     axes[0].set_title(f"{info['title']}: {info['unit']}\n(median, min-max)")
     better = "higher" if info["higher"] else "lower"
     targets = TARGETS.get(scenario, (None, None))
-    for ax, base, target in ((axes[1], base_raw, targets[0]), (axes[2], base_channels, targets[1])):
+    raw_title = "raw's anonymous handshakes" if scenario == "handshake" else "raw on the same server"
+    for ax, base, target in ((axes[1], raw_title, targets[0]), (axes[2], base_channels, targets[1])):
         ax.set_title(f"ratio to {base} ({better} is better)")
         ax.axhline(1.0, color="black", linewidth=0.8)
         if target is not None:
@@ -131,24 +153,25 @@ def _verdict(value: float | None, target: float | None, higher: bool) -> str:
 
 def _targets_table(summaries: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> list[str]:
     lines = [
-        "| scenario | size | app | target x raw | x raw | x raw per CPU-s | target x channels | x channels "
-        "| x channels per CPU-s |",
+        "| scenario | size | app | target x raw (same server) | x raw | x raw per CPU-s | target x channels "
+        "| x channels | x channels per CPU-s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario, (t_raw, t_channels) in TARGETS.items():
         summary = summaries.get(scenario)
         if not summary:
             continue
-        base_raw, base_channels = BASELINES.get(scenario, DEFAULT_BASELINES)
+        base_channels = BASELINES.get(scenario, DEFAULT_BASELINES)[1]
         higher = SCENARIO_INFO[scenario]["higher"]
         sign = ">=" if higher else "<="
         for app in [a for a in summary if a.startswith("tether")]:
             for size in sorted(summary[app]):
-                cols = [scenario, str(size), app]
-                for base, target in ((base_raw, t_raw), (base_channels, t_channels)):
-                    cols.append(f"{sign} {target}" if target is not None else "-")
-                    cols.append(_verdict(ratio(summary, app, base, size), target, higher))
-                    cols.append(_verdict(ratio(summary, app, base, size, "per_cpu"), target, higher))
+                cols = [scenario, str(size), app, f"{sign} {t_raw}" if t_raw is not None else "-"]
+                cols.append(_verdict(raw_ratio(summaries, scenario, app, size), t_raw, higher))
+                cols.append(_verdict(raw_ratio(summaries, scenario, app, size, "per_cpu"), t_raw, higher))
+                cols.append(f"{sign} {t_channels}" if t_channels is not None else "-")
+                cols.append(_verdict(ratio(summary, app, base_channels, size), t_channels, higher))
+                cols.append(_verdict(ratio(summary, app, base_channels, size, "per_cpu"), t_channels, higher))
                 lines.append("| " + " | ".join(cols) + " |")
     return lines
 
@@ -184,8 +207,10 @@ def write_report(plan: str, meta: dict[str, Any], data: Data, skipped: dict[str,
         f"Linux {machine['kernel']}; "
         + ("server pinned to core 1, load generator to core 0 (`taskset`)." if machine["pinned"] else "no pinning."),
         "",
-        "Server: uvicorn, one worker, `--ws websockets` for every app; `tether-sansio` is tether under "
-        "`--ws websockets-sansio`, the implementation tether's docs recommend, to show what the flag is worth.",
+        "Server: uvicorn, one worker, `--ws websockets` for `raw`, `channels` and `tether`; `raw-sansio` and "
+        "`tether-sansio` run under `--ws websockets-sansio`, the implementation tether's docs recommend. Every "
+        "ratio to raw is taken against the raw loop on the *same* implementation (tether-sansio against "
+        "raw-sansio), so no app is credited with the server's speed.",
         "Load generator: Node.js with the `ws` package (`bench/client/load.js`). *server CPU* and *client CPU* "
         "are the share of one core each process used over the measured window: the client must stay "
         "well below 100% for the figure to measure the server. *per server CPU-s* divides the figure by the "
@@ -204,11 +229,12 @@ def write_report(plan: str, meta: dict[str, Any], data: Data, skipped: dict[str,
     lines += ["## Targets", "", *_targets_table(summaries), ""]
     for scenario, summary in summaries.items():
         info = SCENARIO_INFO[scenario]
-        base_raw, base_channels = BASELINES.get(scenario, DEFAULT_BASELINES)
+        base_channels = BASELINES.get(scenario, DEFAULT_BASELINES)[1]
+        raw_label = "x raw anonymous (same server)" if scenario == "handshake" else "x raw (same server)"
         lines += [f"## {info['title']}", "", _DESCRIPTIONS[scenario], ""]
         extra_cols = "".join(f" {label} |" for _, label, _ in info["extra"])
-        lines.append(f"| {info['size']} | app | {info['unit']} (min-max) |{extra_cols} x {base_raw} | "
-                     f"x {base_channels} | server CPU | server waited | client CPU | per server CPU-s | x {base_raw} per CPU-s | "
+        lines.append(f"| {info['size']} | app | {info['unit']} (min-max) |{extra_cols} {raw_label} | "
+                     f"x {base_channels} | server CPU | server waited | client CPU | per server CPU-s | {raw_label} per CPU-s | "
                      f"x {base_channels} per CPU-s |")  # fmt: skip
         lines.append("|---" * (11 + len(info["extra"])) + "|")
         for size in sorted({s for cells in summary.values() for s in cells}):
@@ -222,17 +248,17 @@ def write_report(plan: str, meta: dict[str, Any], data: Data, skipped: dict[str,
                     value += " incomplete"
                 extras = "".join(f" {_fmt(cell.get(k), f)} |" for k, _, f in info["extra"])
                 lines.append(
-                    f"| {size} | {app} | {value} |{extras} {_fmt(ratio(summary, app, base_raw, size), '{:.2f}')} | "
+                    f"| {size} | {app} | {value} |{extras} {_fmt(raw_ratio(summaries, scenario, app, size), '{:.2f}')} | "
                     f"{_fmt(ratio(summary, app, base_channels, size), '{:.2f}')} | "
                     f"{_fmt(cell['server_cpu'] and cell['server_cpu'] * 100, '{:.0f}%')} | "
                     f"{_fmt(cell['server_wait'] and cell['server_wait'] * 100, '{:.0f}%')} | "
                     f"{_fmt(cell['client_cpu'] and cell['client_cpu'] * 100, '{:.0f}%')} | "
                     f"{_fmt(cell['per_cpu'], _rate_spec(cell['per_cpu']))} | "
-                    f"{_fmt(ratio(summary, app, base_raw, size, 'per_cpu'), '{:.2f}')} | "
+                    f"{_fmt(raw_ratio(summaries, scenario, app, size, 'per_cpu'), '{:.2f}')} | "
                     f"{_fmt(ratio(summary, app, base_channels, size, 'per_cpu'), '{:.2f}')} |"
                 )
         image = out / "img" / f"bench-{scenario}.png"
-        if _plot(scenario, summary, image):
+        if _plot(scenario, summaries, image):
             lines += ["", f"![{info['title']}](img/{image.name})"]
         lines.append("")
     if skipped:
@@ -258,7 +284,11 @@ _DESCRIPTIONS = {
     "from the publisher's first send (after it has connected to the broker) to the last delivery.",
     "idle": "N connections opened and left idle; figure: growth of the server's resident memory (RSS) "
     "divided by N, in KiB (lower is better, so a ratio below 1 is better).",
+    "hello": "Concurrent loops of: open a connection with no cookie, the server accepts and greets, close. "
+    "Figure: completed handshakes per second: the floor every authenticated handshake is measured against.",
     "handshake": "Concurrent loops of: open a connection carrying a Django session cookie, the server "
-    "loads the session and user from the database (SQLite) and greets the user by name, close. "
-    "Figure: completed handshakes per second. raw does the same lookups by hand.",
+    "loads the session and user from the database (SQLite) and greets the user by name, close "
+    "(tether: `@login_required` with the Origin check on; Channels: `AllowedHostsOriginValidator("
+    "AuthMiddlewareStack(...))`; raw does the same lookups by hand). Figure: completed handshakes per "
+    "second; the raw ratio is to raw's *anonymous* handshakes on the same server implementation.",
 }

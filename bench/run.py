@@ -40,6 +40,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # name -> (ASGI application, uvicorn --ws implementation, BENCH_APP)
 APPS: dict[str, tuple[str, str, str]] = {
     "raw": ("bench.apps.raw:app", "websockets", "raw"),
+    "raw-sansio": ("bench.apps.raw:app", "websockets-sansio", "raw"),
     "channels": ("bench.apps.channels_app:application", "websockets", "channels"),
     "tether": ("bench.apps.tether_asgi:application", "websockets", "tether"),
     "tether-sansio": ("bench.apps.tether_asgi:application", "websockets-sansio", "tether"),
@@ -52,7 +53,7 @@ CROSS: dict[str, tuple[str, str]] = {
     "tether+redis": ("tether", "redis"),
     "tether+postgres": ("tether", "postgres"),
 }
-SCENARIOS = ("echo", "fanout", "cross", "idle", "handshake")
+SCENARIOS = ("echo", "fanout", "cross", "idle", "hello", "handshake")
 
 
 @dataclass
@@ -366,14 +367,16 @@ def run_idle(app: str, plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def run_handshake(app: str, plan: Plan, cookie: str) -> list[dict[str, Any]]:
-    with serve(app, scenario="handshake") as server:
+def run_handshake(app: str, plan: Plan, cookie: str | None) -> list[dict[str, Any]]:
+    """Handshakes/s: with ``cookie``, a signed-in user's (``/ws/auth/``); without, an anonymous greeting."""
+    path = "/ws/auth/" if cookie else "/ws/hello/"
+    with serve(app, scenario="handshake" if cookie else "hello") as server:
         warm(server)
-        r = client("handshake", [server], {"url": server.url("/ws/auth/"), "conns": plan.handshake_conns,
-                                           "duration": plan.handshake_seconds, "warmup": plan.warmup,
-                                           "cookie": cookie})  # fmt: skip
+        args = {"url": server.url(path), "conns": plan.handshake_conns, "duration": plan.handshake_seconds,
+                "warmup": plan.warmup, **({"cookie": cookie} if cookie else {})}  # fmt: skip
+        r = client("handshake", [server], args)
         if r["handshakes"] == 0 or r["greeting"] != "bench":
-            raise RuntimeError(f"{app}: no authenticated handshake completed: {r}")
+            raise RuntimeError(f"{app}: no handshake on {path} completed: {r}")
         return [{"size": plan.handshake_conns, **r}]
 
 
@@ -542,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
                         rows = run_cross(name, plan)
                     elif scenario == "idle":
                         rows = run_idle(name, plan)
+                    elif scenario == "hello":
+                        rows = run_handshake(name, plan, None)
                     else:
                         rows = run_handshake(name, plan, cookie)
                 except Exception as exc:

@@ -21,5 +21,7 @@ echo "== ruff"
 "$venv/bin/ruff" format --check .
 echo "== mypy --strict (tether/)"
 "$venv/bin/mypy"
+echo "== lint-imports (the layers of DESIGN.md section 2)"
+"$venv/bin/lint-imports"
 echo "== pytest"
 "$venv/bin/python" -m pytest "$@"

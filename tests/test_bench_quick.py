@@ -31,12 +31,15 @@ def test_tiny_run_produces_numbers_for_every_scenario(tmp_path: Path, redis_serv
     assert done.returncode == 0, f"bench/run.sh failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["skipped"] == {}, results["skipped"]
-    for scenario in ("echo", "fanout", "cross", "idle", "handshake"):
+    for scenario in ("echo", "fanout", "cross", "idle", "hello", "handshake"):
         apps = results["data"][scenario]
         assert apps, f"no app measured {scenario}"
         for app, sizes in apps.items():
             for rows in sizes.values():
                 assert all(isinstance(r["rate"], (int, float)) and r["rate"] > 0 for r in rows), (scenario, app, rows)
         assert (tmp_path / "img" / f"bench-{scenario}.png").stat().st_size > 0
+    assert "raw-sansio" in results["data"]["echo"]  # every implementation has its own raw baseline
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert "x raw anonymous (same server)" in page
     page = (tmp_path / "benchmarks.md").read_text()
     assert "## Echo" in page and "x raw" in page

@@ -168,16 +168,30 @@ def test_w006_silent_when_tether_comes_first() -> None:
     assert check_runserver_order() == []
 
 
-# -- W012-W014: the server's limits against tether's ------------------------------------
+@pytest.mark.parametrize("entry", ["*", "https://*", "http://*.", "https://*.*"])
+def test_a_bare_wildcard_among_trusted_origins_is_flagged_on_deploy(entry: str) -> None:
+    """W014: check --deploy flags a trusted origin that trusts every site."""
+    with override_settings(CSRF_TRUSTED_ORIGINS=[entry]):
+        assert "tether.W014" in _ids(run_checks(tags=["tether"], include_deployment_checks=True))
+    with override_settings(TETHER={"ALLOWED_ORIGINS": [entry]}):
+        assert "tether.W014" in _ids(run_checks(tags=["tether"], include_deployment_checks=True))
+
+
+def test_subdomain_wildcards_among_trusted_origins_pass() -> None:
+    with override_settings(CSRF_TRUSTED_ORIGINS=["https://*.example.com", "https://app.example.com:8443"]):
+        assert "tether.W014" not in _ids(run_checks(tags=["tether"], include_deployment_checks=True))
+
+
+# -- W020-W022: the server's limits against tether's ------------------------------------
 
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["uvicorn", "tests.asgi:application"], ["tether.W012", "tether.W014"]),  # uvicorn's defaults
+        (["uvicorn", "tests.asgi:application"], ["tether.W020", "tether.W022"]),  # uvicorn's defaults
         (
             ["/x/uvicorn/__main__.py", "tests.asgi:application", "--ws-ping-interval", "0"],
-            ["tether.W012", "tether.W013", "tether.W014"],
+            ["tether.W020", "tether.W021", "tether.W022"],
         ),
         (
             ["uvicorn", "tests.asgi:application", "--ws-max-size", "1048576", "--timeout-graceful-shutdown", "10"],
@@ -212,7 +226,7 @@ def test_serve_announces_its_options_so_the_checks_see_them(monkeypatch: pytest.
     assert checks.check_server_limits() == []
     server.announce_server_options({**server.uvicorn_options(), "ws_max_size": 16 * 1024 * 1024})
     [message] = checks.check_server_limits()
-    assert message.id == "tether.W012" and "--ws-max-size 1048576" in message.msg
+    assert message.id == "tether.W020" and "--ws-max-size 1048576" in message.msg
 
 
 def test_server_limits_are_logged_at_startup_under_uvicorn(
@@ -220,7 +234,7 @@ def test_server_limits_are_logged_at_startup_under_uvicorn(
 ) -> None:
     """uvicorn's command line runs no check command: the warnings are logged at startup instead."""
     monkeypatch.setattr("sys.argv", ["uvicorn", "tests.asgi:application"])
-    with override_settings(SILENCED_SYSTEM_CHECKS=["tether.W014"]):
+    with override_settings(SILENCED_SYSTEM_CHECKS=["tether.W022"]):
         checks.log_server_limits()
     logged = [r.getMessage() for r in caplog.records if r.name == "tether.checks"]
-    assert len(logged) == 1 and "tether.W012" in logged[0]
+    assert len(logged) == 1 and "tether.W020" in logged[0]

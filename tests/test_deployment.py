@@ -356,7 +356,8 @@ async def test_chat_behind_nginx_over_wss(workers: ChatServer, site: Site) -> No
     with run_nginx(site, site_config(site, workers.port)) as nginx:
         request = urllib.request.Request(f"{nginx.https_url}/rooms/lobby/", headers={"Cookie": f"sessionid={cookie}"})
         html = await asyncio.to_thread(fetch, request, site)
-        assert 'data-socket-url="wss://127.0.0.1/ws/rooms/lobby/"' in html  # $host: the public name, port 443
+        # Host $http_host: the public name and port, so the page links the socket it can reach
+        assert f'data-socket-url="wss://127.0.0.1:{site.https_port}/ws/rooms/lobby/"' in html
         headers = {"Cookie": f"sessionid={cookie}"}
         async with websockets.connect(
             f"{nginx.wss_url}/ws/rooms/lobby/",

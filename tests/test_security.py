@@ -14,48 +14,84 @@ from websockets.exceptions import InvalidStatus
 
 from tests.servers import Server, serve
 from tether import CloseCode
-from tether.security import origin_allowed
+from tether.security import handshake_origin, origin_allowed
 from tether.testing import Rejected, connect, session_cookie
 
 
+def _scope(host: str | None, scheme: str = "ws", **headers: str) -> dict[str, object]:
+    pairs = [(b"host", host.encode())] if host is not None else []
+    pairs += [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    return {"type": "websocket", "scheme": scheme, "headers": pairs, "server": ("10.0.0.1", 8000)}
+
+
 @pytest.mark.parametrize(
-    ("origin", "scheme", "allowed"),
+    ("origin", "scheme", "host", "allowed"),
     [
-        ("http://testserver", "ws", True),
-        ("https://testserver:8443", "ws", True),  # ALLOWED_HOSTS ignores the port, as Django does
-        ("HTTP://TESTSERVER", "ws", True),
-        ("http://sub.example.com", "ws", True),  # ".example.com" in ALLOWED_HOSTS
-        ("http://example.com", "ws", True),
-        ("http://evil-example.com", "ws", False),
-        ("https://evil.example", "ws", False),
-        ("http://testserver", "wss", False),  # over TLS only an https page may connect by host
-        ("https://testserver", "wss", True),
-        ("null", "ws", False),  # sandboxed iframes and file: pages
-        ("", "ws", False),
-        ("http://testserver:notaport", "ws", False),
-        ("ftp://testserver", "ws", False),
-        ("https://app.trusted.example", "ws", True),  # CSRF_TRUSTED_ORIGINS wildcard
-        ("http://app.trusted.example", "ws", False),  # ... for its scheme only
-        ("https://exact.example:8443", "ws", True),  # CSRF_TRUSTED_ORIGINS exact
-        ("https://exact.example", "ws", False),  # ... port included
-        ("https://partner.example", "wss", True),  # TETHER["ALLOWED_ORIGINS"]
+        ("http://testserver", "ws", "testserver", True),  # the handshake's own origin
+        ("HTTP://TESTSERVER", "ws", "testserver", True),
+        ("http://testserver:8000", "ws", "testserver:8000", True),
+        ("http://testserver", "ws", "testserver:8000", False),  # the port counts, as in Django's CSRF check
+        ("https://testserver:8443", "ws", "testserver", False),
+        ("http://sub.example.com", "ws", "sub.example.com", True),  # ".example.com" in ALLOWED_HOSTS
+        ("http://sub.example.com", "ws", "testserver", False),  # ALLOWED_HOSTS alone trusts no other origin
+        ("http://evil-example.com", "ws", "evil-example.com", False),  # its host is not in ALLOWED_HOSTS
+        ("http://testserver", "wss", "testserver", False),  # over TLS the own origin is https
+        ("https://testserver", "wss", "testserver", True),
+        ("null", "ws", "testserver", False),  # sandboxed iframes and file: pages
+        ("", "ws", "testserver", False),
+        ("http://testserver:notaport", "ws", "testserver", False),
+        ("ftp://testserver", "ws", "testserver", False),
+        ("https://app.trusted.example", "ws", "testserver", True),  # CSRF_TRUSTED_ORIGINS wildcard
+        ("http://app.trusted.example", "ws", "testserver", False),  # ... for its scheme only
+        ("https://exact.example:8443", "ws", "testserver", True),  # CSRF_TRUSTED_ORIGINS exact
+        ("https://exact.example", "ws", "testserver", False),  # ... port included
+        ("https://partner.example", "wss", None, True),  # TETHER["ALLOWED_ORIGINS"], with no Host at all
     ],
 )
-def test_origin_matching_follows_django_rules(origin: str, scheme: str, allowed: bool) -> None:
-    """ALLOWED_HOSTS wildcards, CSRF_TRUSTED_ORIGINS (exact and *.), and TETHER ALLOWED_ORIGINS decide."""
+def test_origin_matching_follows_djangos_csrf_rules(origin: str, scheme: str, host: str | None, allowed: bool) -> None:
+    """The handshake's own scheme://host[:port] (host in ALLOWED_HOSTS), CSRF_TRUSTED_ORIGINS (exact
+    and *.) and TETHER ALLOWED_ORIGINS decide; nothing else."""
     with override_settings(
         ALLOWED_HOSTS=["testserver", ".example.com"],
         CSRF_TRUSTED_ORIGINS=["https://*.trusted.example", "https://exact.example:8443"],
         TETHER={"ALLOWED_ORIGINS": ["https://partner.example"]},
     ):
-        assert origin_allowed(origin, scheme) is allowed
+        assert origin_allowed(origin, handshake_origin(_scope(host, scheme))) is allowed
 
 
-def test_debug_with_empty_allowed_hosts_allows_localhost() -> None:
-    """With DEBUG and no ALLOWED_HOSTS, local origins pass, as Django's own host check lets them."""
+def test_debug_with_empty_allowed_hosts_allows_the_local_own_origin() -> None:
+    """With DEBUG and no ALLOWED_HOSTS, a local page's own origin passes, as Django's host check lets it."""
     with override_settings(DEBUG=True, ALLOWED_HOSTS=[]):
-        assert origin_allowed("http://localhost:3000") and origin_allowed("http://127.0.0.1:8000")
-        assert not origin_allowed("https://evil.example")
+        assert handshake_origin(_scope("localhost:3000")) == "http://localhost:3000"
+        assert origin_allowed("http://localhost:3000", handshake_origin(_scope("localhost:3000")))
+        assert not origin_allowed("https://evil.example", handshake_origin(_scope("localhost:3000")))
+
+
+def test_behind_a_proxy_the_own_origin_follows_djangos_proxy_settings() -> None:
+    """SECURE_PROXY_SSL_HEADER makes the own origin https; USE_X_FORWARDED_HOST takes the proxy's host."""
+    scope = _scope("127.0.0.1:8000", x_forwarded_proto="https", x_forwarded_host="chat.example.com")
+    with override_settings(ALLOWED_HOSTS=["*"]):
+        assert handshake_origin(scope) == "http://127.0.0.1:8000"
+    with override_settings(
+        ALLOWED_HOSTS=["*"], SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"), USE_X_FORWARDED_HOST=True
+    ):
+        assert handshake_origin(scope) == "https://chat.example.com"
+        assert origin_allowed("https://chat.example.com", handshake_origin(scope))
+        assert not origin_allowed("http://chat.example.com", handshake_origin(scope))
+
+
+async def test_allowed_hosts_star_does_not_let_a_foreign_origin_in(transactional_db: None) -> None:
+    """ALLOWED_HOSTS = ["*"]: evil.example with a valid session cookie is refused; the site's own origin
+    and a CSRF_TRUSTED_ORIGINS entry connect."""
+    ann = await User.objects.acreate_user("ann")
+    with override_settings(ALLOWED_HOSTS=["*"], CSRF_TRUSTED_ORIGINS=["https://app.example.com"]):
+        with pytest.raises(Rejected) as info:
+            async with connect("/ws/auth/whoami/", user=ann, origin="https://evil.example"):
+                pass
+        assert info.value.code == CloseCode.FORBIDDEN
+        for origin in ("http://testserver", "https://app.example.com"):
+            async with connect("/ws/auth/whoami/", user=ann, origin=origin) as ws:
+                assert (await ws.receive_json())["user"] == "ann"
 
 
 async def test_foreign_origin_is_refused_and_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -161,7 +197,7 @@ async def test_no_origin_is_refused_when_the_setting_says_so(strict_server: Serv
             pass
     assert info.value.response.status_code == 403
     async with websockets.connect(
-        f"{strict_server.url}/ws/echo/", origin=websockets.Origin("http://localhost:1234")
+        f"{strict_server.url}/ws/echo/", origin=websockets.Origin(f"http://127.0.0.1:{strict_server.port}")
     ) as ws:
         await ws.send("ping")
         assert await ws.recv() == "pong!"

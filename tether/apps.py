@@ -1,5 +1,7 @@
 from django.apps import AppConfig
 
+from . import checks  # importing registers the system checks
+
 
 class TetherConfig(AppConfig):
     name = "tether"
@@ -7,6 +9,4 @@ class TetherConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # registers the system checks
-
-        checks.log_server_limits()  # under uvicorn's command line, no check command runs: log W012-W014
+        checks.log_server_limits()  # under uvicorn's command line no check command runs: log W020-W022

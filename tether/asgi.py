@@ -14,6 +14,7 @@ import django
 from django.core.handlers.asgi import ASGIHandler
 
 from ._types import Receive, Scope, Send
+from .checks import check_installed
 from .codes import CloseCode
 from .hub import get_hub, stop_hub
 from .routing import WebSocketRouter
@@ -78,8 +79,6 @@ class TetherASGIHandler:
 def get_asgi_application() -> TetherASGIHandler:
     """Set up Django and return the project's ASGI application (use in ``asgi.py``)."""
     django.setup(set_prefix=False)
-    from .checks import check_installed
-
     for message in check_installed():  # a check that can't be registered when tether isn't installed
         logging.getLogger("tether.checks").warning("%s", message)
     return TetherASGIHandler()

@@ -11,12 +11,13 @@ tether.W005    an unknown key in the ``TETHER`` setting (a typo)           ``che
 tether.W006    ``django.contrib.staticfiles`` listed before ``tether``     ``check``
 tether.W010    the memory backend with DEBUG off                           ``--deploy``
 tether.W011    Origin checking disabled                                    ``--deploy``
-tether.W012    the server buffers messages larger than MAX_MESSAGE_SIZE    ``check`` (1)
-tether.W013    the server sends no keepalive pings (PING_INTERVAL is set)  ``check`` (1)
-tether.W014    the server waits for ever at shutdown                       ``check`` (1)
+tether.W014    a bare wildcard among the trusted origins                   ``--deploy``
+tether.W020    the server buffers messages larger than MAX_MESSAGE_SIZE    ``check`` (1)
+tether.W021    the server sends no keepalive pings (PING_INTERVAL is set)  ``check`` (1)
+tether.W022    the server waits for ever at shutdown                       ``check`` (1)
 =============  ==========================================================  ===========
 
-(1) W012-W014 compare the server's limits with tether's where tether can tell
+(1) W020-W022 compare the server's limits with tether's where tether can tell
 what they are: under ``manage.py serve`` and ``runserver`` (which announce
 their options, and run the checks) and in a process started from uvicorn's
 command line (``uvicorn mysite.asgi:application ...``, whose arguments tether
@@ -213,8 +214,25 @@ def check_origin_checking(app_configs: Sequence[AppConfig] | None = None, **kwar
     ]
 
 
+@register("tether", Tags.security, deploy=True)
+def check_trusted_origins(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """tether.W014: a trusted origin of ``"*"`` or ``"https://*"`` lets every site's pages connect."""
+    entries = [*getattr(settings, "CSRF_TRUSTED_ORIGINS", []), *get_setting("ALLOWED_ORIGINS")]
+    bare = [entry for entry in entries if entry.split("://", 1)[-1].strip("*.") == ""]
+    if not bare:
+        return []
+    return [
+        Warning(
+            f"{', '.join(repr(entry) for entry in bare)} in CSRF_TRUSTED_ORIGINS / TETHER['ALLOWED_ORIGINS'] "
+            "trusts every origin: any web page can open a WebSocket carrying your users' cookies. Fix: list "
+            'the origins your pages are served from ("https://app.example.com", "https://*.example.com").',
+            id="tether.W014",
+        )
+    ]
+
+
 def server_limit_warnings(server: dict[str, Any] | None) -> list[CheckMessage]:
-    """tether.W012-W014 for a server running with the uvicorn options ``server`` (None: unknown)."""
+    """tether.W020-W022 for a server running with the uvicorn options ``server`` (None: unknown)."""
     if server is None:
         return []
     messages: list[CheckMessage] = []
@@ -227,7 +245,7 @@ def server_limit_warnings(server: dict[str, Any] | None) -> list[CheckMessage]:
                 f"them, but TETHER['MAX_MESSAGE_SIZE'] is {limit}: each connection can make the server hold "
                 f"{buffered // limit}x what tether would accept. Fix: run 'manage.py serve', or pass "
                 f"--ws-max-size {limit} to uvicorn.",
-                id="tether.W012",
+                id="tether.W020",
             )
         )
     interval = get_setting("PING_INTERVAL")
@@ -237,7 +255,7 @@ def server_limit_warnings(server: dict[str, Any] | None) -> list[CheckMessage]:
                 "The server sends no keepalive pings (uvicorn --ws-ping-interval is off), so connections whose "
                 "client vanished stay open and proxies drop idle ones. Fix: run 'manage.py serve', or pass "
                 f"--ws-ping-interval {interval} to uvicorn.",
-                id="tether.W013",
+                id="tether.W021",
             )
         )
     shutdown = get_setting("SHUTDOWN_TIMEOUT")
@@ -247,7 +265,7 @@ def server_limit_warnings(server: dict[str, Any] | None) -> list[CheckMessage]:
                 "The server has no graceful-shutdown timeout (uvicorn --timeout-graceful-shutdown), so a client "
                 "that stopped reading holds a restart for ever. Fix: run 'manage.py serve', or pass "
                 f"--timeout-graceful-shutdown {shutdown} to uvicorn.",
-                id="tether.W014",
+                id="tether.W022",
             )
         )
     return messages
@@ -255,12 +273,12 @@ def server_limit_warnings(server: dict[str, Any] | None) -> list[CheckMessage]:
 
 @register("tether", Tags.compatibility)
 def check_server_limits(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """tether.W012-W014: the server's limits are looser than tether's, where tether can tell them."""
+    """tether.W020-W022: the server's limits are looser than tether's, where tether can tell them."""
     return server_limit_warnings(running_server_options())
 
 
 def log_server_limits() -> None:
-    """Log W012-W014 at startup in a process started from uvicorn's command line (which runs no checks)."""
+    """Log W020-W022 at startup in a process started from uvicorn's command line (which runs no checks)."""
     if running_server_options() is None:
         return
     silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", []))

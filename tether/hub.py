@@ -181,11 +181,14 @@ class Hub:
         if self.stopped:
             return
         self.stopped = True
+        tasks = [member.task for member in self.members.values()] + list(self._tasks)
         for member in list(self.members.values()):
             member.task.cancel()
             self._drop_member(member)
-        for task in list(self._tasks):
+        for task in tasks:
             task.cancel()
+        current = asyncio.current_task()
+        await asyncio.gather(*(t for t in tasks if t is not current), return_exceptions=True)  # none outlives stop()
         if self._started is not None and self._started.done() and not self._started.exception():
             await self.backend.stop()
 
@@ -279,20 +282,23 @@ class Hub:
 
     async def _reconcile_locked(self, group: str, lock: asyncio.Lock) -> None:
         async with lock:
-            wanted = group in self.groups and not self.stopped
-            if wanted and group not in self._subscribed:
-                await self.start()
-                try:
-                    await self.backend.subscribe(group)
-                except BackendUnavailable as exc:
-                    logger.warning("Group %s joined while the broker is unreachable (%s); it is kept", group, exc)
-                self._subscribed.add(group)  # only now: concurrent joiners wait on the lock until here
-            elif not wanted and group in self._subscribed:
-                self._subscribed.discard(group)
-                try:
-                    await self.backend.unsubscribe(group)
-                except Exception:
-                    logger.exception("Unsubscribing from group %s failed", group)
+            while True:  # the membership may change while the broker answers: until they agree
+                wanted = group in self.groups and not self.stopped
+                if wanted and group not in self._subscribed:
+                    await self.start()
+                    try:
+                        await self.backend.subscribe(group)
+                    except BackendUnavailable as exc:
+                        logger.warning("Group %s joined while the broker is unreachable (%s); it is kept", group, exc)
+                    self._subscribed.add(group)  # only now: concurrent joiners wait on the lock until here
+                elif not wanted and group in self._subscribed:
+                    self._subscribed.discard(group)
+                    try:
+                        await self.backend.unsubscribe(group)
+                    except Exception:
+                        logger.exception("Unsubscribing from group %s failed", group)
+                else:
+                    return
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         if self.stopped or self.loop.is_closed():

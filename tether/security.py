@@ -2,11 +2,15 @@
 
 A WebSocket handshake carries the browser's cookies but, unlike a form post,
 no CSRF token, so any web page could open a socket as the logged-in user.
-Browsers always send ``Origin`` on a WebSocket handshake; tether refuses one
-that matches neither ``ALLOWED_HOSTS`` nor ``CSRF_TRUSTED_ORIGINS`` (nor
-``TETHER["ALLOWED_ORIGINS"]``), using Django's own matching rules. A
-handshake with more than one ``Origin`` header is refused too: no browser
-sends that, and servers differ on which one the application would see.
+Browsers always send ``Origin`` on a WebSocket handshake; tether checks it
+the way Django's CSRF middleware checks a form post's: it passes if it is the
+handshake's own ``scheme://host[:port]`` (the host validated against
+``ALLOWED_HOSTS``), or is listed in ``CSRF_TRUSTED_ORIGINS`` or
+``TETHER["ALLOWED_ORIGINS"]`` (exact, or ``https://*.example.com``).
+``ALLOWED_HOSTS`` alone trusts no other origin, so ``ALLOWED_HOSTS = ["*"]``
+does not let ``https://evil.example`` in. A handshake with more than one
+``Origin`` header is refused too: no browser sends that, and servers differ
+on which one the application would see.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from django.utils.http import is_same_domain
 
 from ._types import Scope
 from .conf import get_setting
-from .websocket import WebSocket
+from .websocket import WebSocket, scope_header
 
-__all__ = ["origin_allowed", "origin_refusal"]
+__all__ = ["handshake_origin", "origin_allowed", "origin_refusal", "trusted_origins"]
 
 logger = logging.getLogger("tether.security")
 
@@ -35,44 +39,75 @@ def _allowed_hosts() -> list[str]:
     return hosts
 
 
-def _matches_trusted(origin: str, scheme: str, netloc: str, trusted: list[str]) -> bool:
-    """Match like Django's CSRF middleware: exact ``scheme://host[:port]``, or ``scheme://*.domain``."""
-    for entry in trusted:
-        entry = entry.lower()
+def trusted_origins() -> list[str]:
+    """``CSRF_TRUSTED_ORIGINS`` and ``TETHER["ALLOWED_ORIGINS"]``, lower-cased."""
+    return [
+        entry.lower() for entry in (*getattr(settings, "CSRF_TRUSTED_ORIGINS", []), *get_setting("ALLOWED_ORIGINS"))
+    ]
+
+
+def _is_secure(scope: Scope) -> bool:
+    """Whether the handshake came over TLS: ``wss``, or ``SECURE_PROXY_SSL_HEADER`` says so, as in Django."""
+    if scope.get("scheme") in ("wss", "https"):
+        return True
+    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy_header:
+        name, secure_value = proxy_header
+        meta = name.lower().removeprefix("http_").replace("_", "-")
+        value = scope_header(scope, meta.encode("latin-1"))
+        return value is not None and value.split(",")[0].strip() == secure_value
+    return False
+
+
+def handshake_origin(scope: Scope) -> str | None:
+    """The handshake's own origin, ``http(s)://host[:port]``, as Django's CSRF check computes it
+    (``request.get_host()``: ``X-Forwarded-Host`` under ``USE_X_FORWARDED_HOST``, else ``Host``),
+    or None when that host is not in ``ALLOWED_HOSTS``."""
+    host = None
+    if getattr(settings, "USE_X_FORWARDED_HOST", False):
+        forwarded = scope_header(scope, b"x-forwarded-host")
+        host = forwarded.split(",")[0].strip() if forwarded else None
+    if not host:
+        host = scope_header(scope, b"host")
+    if not host:
+        server = scope.get("server")
+        if not server or not server[0]:
+            return None
+        host = f"{server[0]}:{server[1]}" if server[1] not in (80, 443, None) else str(server[0])
+    host = host.lower()
+    domain, _port = split_domain_port(host)
+    if not domain or not validate_host(domain, _allowed_hosts()):
+        return None
+    return f"{'https' if _is_secure(scope) else 'http'}://{host}"
+
+
+def origin_allowed(origin: str, own_origin: str | None = None) -> bool:
+    """Whether a handshake from ``origin`` ("https://example.com:8443") may connect.
+
+    It may if it equals ``own_origin`` (the handshake's own, see
+    ``handshake_origin``), or matches ``CSRF_TRUSTED_ORIGINS`` or
+    ``TETHER["ALLOWED_ORIGINS"]``: exactly, or by an ``https://*.example.com``
+    entry for that scheme. Nothing else does: not ``ALLOWED_HOSTS`` alone,
+    not ``"null"`` (sandboxed frames, ``file:`` pages).
+    """
+    origin = origin.strip().lower()
+    if own_origin is not None and origin == own_origin.lower():
+        return True
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError:
+        return False
+    if not parts.scheme or not parts.netloc:
+        return False
+    for entry in trusted_origins():
         if "*" in entry:
-            parts = urlsplit(entry)
-            if parts.scheme == scheme and is_same_domain(netloc, parts.netloc.lstrip("*")):
+            trusted = urlsplit(entry)
+            if trusted.scheme == parts.scheme and is_same_domain(parts.netloc, trusted.netloc.lstrip("*")):
                 return True
         elif entry == origin:
             return True
     return False
-
-
-def origin_allowed(origin: str, socket_scheme: str = "ws") -> bool:
-    """Whether a handshake from ``origin`` ("https://example.com:8443") may connect.
-
-    Allowed when its host matches ``ALLOWED_HOSTS`` (Django's ``validate_host``
-    wildcards; over ``wss`` the origin must be ``https``, as Django's CSRF check
-    demands for secure requests), or it matches ``CSRF_TRUSTED_ORIGINS`` or
-    ``TETHER["ALLOWED_ORIGINS"]`` (exact, or ``https://*.example.com``).
-    ``"null"`` (sandboxed frames, ``file:`` pages) is never allowed by host.
-    """
-    origin = origin.strip().lower()
-    try:
-        parts = urlsplit(origin)
-        netloc = parts.netloc
-        parts.port  # noqa: B018 -- raises ValueError on a malformed port
-    except ValueError:
-        return False
-    if not parts.scheme or not netloc:
-        return False
-    trusted = [*getattr(settings, "CSRF_TRUSTED_ORIGINS", []), *get_setting("ALLOWED_ORIGINS")]
-    if _matches_trusted(origin, parts.scheme, netloc, trusted):
-        return True
-    if parts.scheme not in ("http", "https") or (socket_scheme == "wss" and parts.scheme != "https"):
-        return False
-    domain, _port = split_domain_port(netloc)
-    return bool(domain) and validate_host(domain, _allowed_hosts())
 
 
 def _origin_headers(scope: Scope) -> list[str]:
@@ -92,8 +127,10 @@ def origin_refusal(socket: WebSocket) -> str | None:
     origin = origins[0] if origins else None
     if origin is None:
         return None if get_setting("ALLOW_NO_ORIGIN") else "no Origin header (TETHER['ALLOW_NO_ORIGIN'] is off)"
-    if origin_allowed(origin, str(socket.scope.get("scheme", "ws"))):
+    own = handshake_origin(socket.scope)
+    if origin_allowed(origin, own):
         return None
     return (
-        f"Origin {origin!r} is not allowed (add it to ALLOWED_HOSTS, CSRF_TRUSTED_ORIGINS or TETHER['ALLOWED_ORIGINS'])"
+        f"Origin {origin!r} is not allowed: it is not the handshake's own ({own or 'host not in ALLOWED_HOSTS'}) "
+        "nor in CSRF_TRUSTED_ORIGINS or TETHER['ALLOWED_ORIGINS']"
     )

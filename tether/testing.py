@@ -23,6 +23,7 @@ from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
+from .asgi import TetherASGIHandler
 from .codes import CloseCode
 from .exceptions import Disconnected
 
@@ -35,8 +36,6 @@ def get_application() -> Any:
     """The process's ``TetherASGIHandler`` used by ``connect()`` (created on first use)."""
     global _application
     if _application is None:
-        from .asgi import TetherASGIHandler
-
         _application = TetherASGIHandler()
     return _application
 

@@ -47,6 +47,12 @@ class PubConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_send(settings.GROUP, {"type": "bench.message", "text": text_data})
 
 
+class HelloConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        await self.accept()
+        await self.send(text_data="bench")
+
+
 class AuthConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope["user"]
@@ -61,6 +67,7 @@ websocket_urlpatterns = [
     path("ws/echo/", EchoConsumer.as_asgi()),
     path("ws/sub/", SubConsumer.as_asgi()),
     path("ws/pub/", PubConsumer.as_asgi()),
+    path("ws/hello/", HelloConsumer.as_asgi()),
     path("ws/auth/", AuthConsumer.as_asgi()),
 ]
 

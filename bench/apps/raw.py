@@ -3,7 +3,8 @@
 /ws/echo/ echoes text; /ws/sub/ adds the connection's ``send`` to a Python set and says "ready";
 /ws/pub/ sends every text it gets to each ``send`` in the set (awaited one after the other), or,
 with BENCH_BACKEND=redis, publishes it on a Redis channel that every process listens to;
-/ws/auth/ loads the Django session named by the cookie and greets the user (refuses anonymous).
+/ws/auth/ loads the Django session named by the cookie and greets the user (refuses anonymous);
+/ws/hello/ greets "bench" with no lookup at all (the unauthenticated handshake).
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await send({"type": "websocket.send", "text": user.get_username()})
                 continue
             await send({"type": "websocket.accept"})
-            if path == "/ws/sub/":
+            if path == "/ws/hello/":
+                await send({"type": "websocket.send", "text": "bench"})
+            elif path == "/ws/sub/":
                 subscribers.add(send)
                 await send({"type": "websocket.send", "text": "ready"})
         elif event["type"] == "websocket.receive":

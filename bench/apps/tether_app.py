@@ -19,6 +19,11 @@ async def echo(socket: WebSocket) -> None:
         await socket.send_text("pong!" if text == "ping" else text)
 
 
+async def hello(socket: WebSocket) -> None:
+    await socket.accept()
+    await socket.send_text("bench")
+
+
 class Sub(SocketView):
     async def connect(self) -> None:
         await self.accept()
@@ -40,6 +45,7 @@ class Greet(SocketView):
 
 urlpatterns = [
     websocket("ws/echo/", echo, name="echo"),
+    websocket("ws/hello/", hello, name="hello"),
     websocket("ws/sub/", Sub.as_handler(), name="sub"),
     websocket("ws/pub/", Pub.as_handler(), name="pub"),
     websocket("ws/auth/", Greet.as_handler(), name="auth"),

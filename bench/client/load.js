@@ -6,7 +6,7 @@
 //   node load.js idle      --url U --conns N [--parallel K] [--timeout S]
 //   node load.js handshake --url U --conns N --duration S [--cookie C] [--warmup S]
 //
-// Every connection sends `Origin: http://127.0.0.1` (Channels' AllowedHostsOriginValidator and
+// Every connection sends its page's own `Origin: http://127.0.0.1:<port>` (Channels' AllowedHostsOriginValidator and
 // tether's Origin check refuse a handshake without one). Lines on stdout, for the orchestrator:
 //   START / STOP          the measured window opens / closes (it samples the server's CPU there)
 //   READY                 fan-out: every subscriber is subscribed; idle: every socket is open
@@ -17,7 +17,8 @@
 const WebSocket = require("ws");
 const { performance } = require("perf_hooks");
 
-const ORIGIN = "http://127.0.0.1";
+// The page's own origin, as a browser on http://127.0.0.1:<port>/ sends it.
+const originOf = (url) => new URL(url.replace(/^ws/, "http")).origin;
 
 function parseArgs(argv) {
   const args = { mode: argv[0] };
@@ -55,7 +56,7 @@ function cpuSeconds(start) {
 // `setup(ws)` runs before the handshake, so a listener it adds sees a message sent right after accept.
 function open(url, headers, setup) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { origin: ORIGIN, headers, perMessageDeflate: false });
+    const ws = new WebSocket(url, { origin: originOf(url), headers, perMessageDeflate: false });
     if (setup) setup(ws);
     ws.once("open", () => resolve(ws));
     ws.once("error", reject);
@@ -269,7 +270,7 @@ async function handshake(a) {
   function once() {
     return new Promise((resolve) => {
       const t = now();
-      const ws = new WebSocket(a.url, { origin: ORIGIN, headers, perMessageDeflate: false });
+      const ws = new WebSocket(a.url, { origin: originOf(a.url), headers, perMessageDeflate: false });
       let greeted = false;
       ws.once("message", (data) => {
         greeted = true;

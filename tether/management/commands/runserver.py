@@ -16,6 +16,7 @@ from django.core.management.base import CommandParser
 from django.core.management.commands.runserver import Command as DjangoRunserver
 from django.utils import autoreload
 
+from tether.asgi import TetherASGIHandler
 from tether.server import announce_server_options, uvicorn_options
 
 BaseRunserver: type[DjangoRunserver] = DjangoRunserver
@@ -60,8 +61,6 @@ class Command(BaseRunserver):  # type: ignore[valid-type,misc]
             super().inner_run(*args, **options)
             return
         import uvicorn
-
-        from tether.asgi import TetherASGIHandler
 
         autoreload.raise_last_exception()
         limits = uvicorn_options()  # the same server limits as manage.py serve
