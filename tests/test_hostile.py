@@ -89,16 +89,14 @@ async def wait_log(server: Server, text: str, timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def hostile_server(**tether: Any) -> Iterator[Server]:
-    with serve(
-        "uvicorn-sansio", env=hostile_env(**tether), extra_args=["--timeout-graceful-shutdown", str(GRACEFUL)]
-    ) as server:
+def hostile_server(kind: str = "uvicorn-sansio", **tether: Any) -> Iterator[Server]:
+    with serve(kind, env=hostile_env(**tether), extra_args=["--timeout-graceful-shutdown", str(GRACEFUL)]) as server:
         yield server
 
 
-@pytest.fixture
-def overflow_server() -> Iterator[Server]:
-    with hostile_server(QUEUE_SIZE=50) as server:
+@pytest.fixture(params=["uvicorn-sansio", "uvicorn", "uvicorn-wsproto"])
+def overflow_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    with hostile_server(request.param, QUEUE_SIZE=50) as server:
         yield server
 
 
