@@ -23,6 +23,8 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.servers import Server, serve
 from tests.serving import manage_serve, memory_kib
+from tether.management.commands.serve import Command
+from tether.server import asgi_application_path
 from tether.websocket import CLOSE_TIMEOUT
 
 GRACEFUL = 5  # --timeout-graceful-shutdown of the servers below
@@ -387,3 +389,31 @@ def test_runserver_passes_the_same_limits(monkeypatch: pytest.MonkeyPatch) -> No
     [config] = configs
     assert (config.ws, config.ws_max_size, config.ws_ping_interval) == ("websockets-sansio", 4096, 7)
     assert (config.ws_ping_timeout, config.timeout_graceful_shutdown) == (20.0, 3)
+
+
+def test_serve_flags_map_to_uvicorns_options() -> None:
+    """Every serve flag reaches uvicorn: a Unix socket replaces host and port, 'none' turns pings off."""
+    command = Command()
+    parser = command.create_parser("manage.py", "serve")
+    defaults = command.server_options(vars(parser.parse_args([])))
+    assert defaults == {
+        "ws": "websockets-sansio", "ws_max_size": 1048576, "ws_ping_interval": 20.0, "ws_ping_timeout": 20.0,
+        "timeout_graceful_shutdown": 10, "workers": 1, "proxy_headers": True, "forwarded_allow_ips": None,
+        "lifespan": "on", "log_level": "info", "host": "127.0.0.1", "port": 8000,
+    }  # fmt: skip
+    args = ["--uds", "/run/x.sock", "--workers", "4", "--no-proxy-headers", "--ws-ping-interval", "none",
+            "--ws", "wsproto", "--forwarded-allow-ips", "10.0.0.1", "--timeout-graceful-shutdown", "2.5"]  # fmt: skip
+    options = command.server_options(vars(parser.parse_args(args)))
+    assert "host" not in options and options["uds"] == "/run/x.sock"
+    assert (options["workers"], options["proxy_headers"], options["ws_ping_interval"]) == (4, False, None)
+    assert (options["ws"], options["forwarded_allow_ips"], options["timeout_graceful_shutdown"]) == (
+        "wsproto", "10.0.0.1", 2.5,
+    )  # fmt: skip
+
+
+def test_the_asgi_application_comes_from_the_settings() -> None:
+    """serve finds the application from ASGI_APPLICATION, else beside WSGI_APPLICATION."""
+    with override_settings(ASGI_APPLICATION="mysite.asgi.application"):
+        assert asgi_application_path() == "mysite.asgi:application"
+    with override_settings(ASGI_APPLICATION=None, WSGI_APPLICATION="chatsite.wsgi.application"):
+        assert asgi_application_path() == "chatsite.asgi:application"
