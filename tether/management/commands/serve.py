@@ -6,6 +6,9 @@ client can't make the server buffer more than tether would accept),
 keepalive pings (``PING_INTERVAL``/``PING_TIMEOUT``), a bounded graceful
 shutdown (``SHUTDOWN_TIMEOUT``), worker processes, TCP or a Unix socket, and
 proxy headers trusted from ``--forwarded-allow-ips``. Every one has a flag.
+Under ``websockets-sansio`` and ``wsproto`` it runs uvicorn's protocol with
+reading paused while writes are (``tether.management.backpressure``), so a
+client that floods pings and never reads can't grow the server's memory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tether.server import WEBSOCKET_IMPLEMENTATION, announce_server_options, asgi_application_path, uvicorn_options
 
 _NONE = ("none", "off", "0")
+
+BACKPRESSURE = {
+    "websockets-sansio": "tether.management.backpressure:WebSocketsSansIOProtocol",
+    "wsproto": "tether.management.backpressure:WSProtocol",
+}
+"""The implementations whose protocol serve swaps for one that stops reading while writes are paused."""
 
 
 def _seconds_or_none(value: str) -> float | None:
@@ -88,7 +97,7 @@ class Command(BaseCommand):
     def server_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """The ``uvicorn.run()`` keyword arguments for the parsed ``options``."""
         server: dict[str, Any] = {
-            "ws": options["ws"],
+            "ws": BACKPRESSURE.get(options["ws"], options["ws"]),
             "ws_max_size": options["ws_max_size"],
             "ws_ping_interval": options["ws_ping_interval"],
             "ws_ping_timeout": options["ws_ping_timeout"],
@@ -113,19 +122,19 @@ class Command(BaseCommand):
             raise CommandError(
                 "no ASGI application: set ASGI_APPLICATION (e.g. 'mysite.asgi.application') or pass --app"
             )
-        server = self.server_options(options)
-        announce_server_options(server)
-        self.check(display_num_errors=False)
         import uvicorn
         from uvicorn.config import WS_PROTOCOLS
 
-        if server["ws"] not in WS_PROTOCOLS:
+        if options["ws"] not in WS_PROTOCOLS:
             raise CommandError(
-                f"uvicorn has no WebSocket implementation {server['ws']!r}; choose one of {sorted(WS_PROTOCOLS)}"
+                f"uvicorn has no WebSocket implementation {options['ws']!r}; choose one of {sorted(WS_PROTOCOLS)}"
             )
+        server = self.server_options(options)
+        announce_server_options(server)
+        self.check(display_num_errors=False)
         where = server["uds"] if "uds" in server else f"http://{server['host']}:{server['port']}"
         self.stdout.write(
-            f"Serving {app} at {where} with uvicorn (WebSocket: {server['ws']}, {server['workers']} worker(s), "
+            f"Serving {app} at {where} with uvicorn (WebSocket: {options['ws']}, {server['workers']} worker(s), "
             f"max message {server['ws_max_size']} bytes, pings every {server['ws_ping_interval']}s, "
             f"graceful shutdown {server['timeout_graceful_shutdown']}s)"
         )
