@@ -38,6 +38,7 @@ from tests.nginx import (
 )
 from tests.servers import ROOT, Server, serve
 from tests.serving import manage_serve
+from tether.conf import DEFAULTS
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,6 @@ def test_docs_config_is_hardened() -> None:
     assert re.search(r"^client_max_body_size \S+;", config, re.MULTILINE)
     read_timeout = re.search(r"proxy_read_timeout (\d+)s;", config)
     assert read_timeout is not None
-    from tether.conf import DEFAULTS
-
     assert int(read_timeout.group(1)) > DEFAULTS["PING_INTERVAL"]  # pings are the upstream's traffic
 
 
