@@ -292,6 +292,7 @@ async def test_serve_bounds_the_memory_of_oversized_fragmented_messages() -> Non
     with manage_serve() as server:
         growth, endings = await rss_growth(server)
     assert "Serving tests.asgi:application" in server.log and "max message 1048576 bytes" in server.log
+    assert "tether.W02" not in server.log  # serve's limits are tether's: no server-limit warning
     assert set(endings) <= {"closed 1009", "cut"} and "closed 1009" in endings, endings
     assert growth < 20, f"peak RSS grew {growth:.1f} MiB"
     print(f"manage.py serve: peak RSS +{growth:.1f} MiB for 20 x 16 MiB; {endings.count('closed 1009')} saw 1009")
@@ -302,6 +303,7 @@ async def test_plain_uvicorn_buffers_oversized_messages_the_control() -> None:
     with serve("uvicorn-sansio") as server:
         growth, endings = await rss_growth(server)
     assert growth > 60, f"peak RSS grew only {growth:.1f} MiB: the measurement can't tell"
+    assert "(tether.W020) The server reads messages of up to 16777216 bytes" in server.log  # logged at startup
     print(f"plain uvicorn-sansio: peak RSS +{growth:.1f} MiB for 20 x 16 MiB; endings {set(endings)}")
 
 
