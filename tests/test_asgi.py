@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 
 from tether import CloseCode
-from tether.asgi import TetherASGIHandler, get_asgi_application
-from tether.testing import connect
+from tether.asgi import _UNFINISHED_HANDSHAKE, RefusalIsNotAnError, TetherASGIHandler, get_asgi_application
+from tether.testing import Rejected, connect
 
 
 class Lifespan:
@@ -110,3 +111,23 @@ async def test_cancelled_handler_closes_1001() -> None:
         ws._task.cancel()
         assert await ws.wait_closed() == CloseCode.GOING_AWAY
     assert not app.websocket.sockets
+
+
+async def test_refusal_filter_drops_the_false_error_only_after_a_refusal() -> None:
+    """RefusalIsNotAnError drops uvicorn's "without completing handshake" only for a connection refused with a response."""
+    app = TetherASGIHandler()
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, _UNFINISHED_HANDSHAKE, None, None)
+    kept: list[bool] = []
+
+    async def probe(scope: Any, receive: Any, send: Any) -> None:
+        await app._serve_noting_refusal(scope, receive, send)
+        kept.append(RefusalIsNotAnError().filter(record))  # as uvicorn logs it: in the app's task, after it returned
+
+    with pytest.raises(Rejected):
+        async with connect("/ws/nope/", application=probe):
+            pass
+    async with connect("/ws/echo/", application=probe):
+        pass
+    assert kept == [False, True]
+    assert RefusalIsNotAnError().filter(record)  # and outside any connection
+    assert any(isinstance(f, RefusalIsNotAnError) for f in logging.getLogger("uvicorn.error").filters)

@@ -121,7 +121,7 @@ async def wait_until_flowing(ws: ClientConnection, deadline: float = 30) -> list
     while time.monotonic() < end:
         n += 1
         await ws.send(json.dumps({"broadcast": f"probe-{n}"}))
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # what wait_for raises (not TimeoutError on 3.10)
             while True:
                 message = await asyncio.wait_for(ws.recv(), 0.3)
                 seen.append(message)

@@ -7,6 +7,7 @@ the last one restarts the server under the open pages.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -133,6 +134,21 @@ def test_message_typed_in_one_browser_appears_in_the_other(alice: Page, bob: Pag
     assert errors == []
 
 
+def background(locator: Locator) -> str:
+    return str(locator.evaluate("el => getComputedStyle(el).backgroundColor"))
+
+
+def test_own_messages_stand_out(alice: Page, bob: Page) -> None:
+    """A user's own lines carry the ``mine`` class, and that class is styled: their background
+    differs from the other user's lines (and from no background at all)."""
+    for page, own, other in ((alice, "hello bob", "hi alice"), (bob, "hi alice", "hello bob")):
+        mine = page.locator("#log li.message", has_text=own)
+        theirs = page.locator("#log li.message", has_text=other)
+        expect(mine).to_have_class("message mine")
+        expect(theirs).to_have_class("message")
+        assert background(mine) not in (background(theirs), "rgba(0, 0, 0, 0)")
+
+
 def test_joining_shows_the_last_messages(bob_context: BrowserContext, alice: Page, errors: list[str]) -> None:
     """A page opened later gets the room's stored history over the socket, oldest first."""
     late = open_room(bob_context, "lobby", errors)
@@ -158,20 +174,117 @@ def test_announce_form_reaches_every_room(
     elsewhere.close()
 
 
-def test_mention_notifies_the_user_in_every_room(
+def test_announcements_survive_a_reload(alice: Page, bob_context: BrowserContext, errors: list[str]) -> None:
+    """An announcement is stored: reloading a room page, or opening a room that had no page open
+    when it was sent, shows it in the history, after the messages sent before it."""
+    alice.reload()
+    expect(alice.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT)
+    later = open_room(bob_context, "opened-later", errors)
+    for page in (alice, later):
+        announcement = page.locator("#log li.announcement", has_text="maintenance at noon")
+        expect(announcement).to_have_count(1, timeout=WAIT)
+        expect(announcement.locator(".user")).to_have_text("alice")
+    expect(alice.locator("#log li .text")).to_have_text(
+        ["hello bob, <b>not bold</b>", "hi alice", "maintenance at noon"], timeout=WAIT
+    )
+    later.close()
+    home = alice.context.new_page()  # the stored announcement is no room of its own
+    home.goto("/")
+    expect(home.locator("main li a")).to_have_text(["#lobby"])  # the rooms with messages
+    home.close()
+    assert errors == []
+
+
+def test_mention_notifies_the_user_in_every_other_room(
     alice: Page, bob: Page, bob_context: BrowserContext, errors: list[str]
 ) -> None:
-    """``@bob`` in #lobby notifies bob's sockets through user_group, also his page in another room."""
+    """``@bob`` in #lobby shows a banner on bob's page in another room (through user_group) and
+    highlights the message on his #lobby page, which gets no banner; the banner's button dismisses it.
+    """
     elsewhere = open_room(bob_context, "random", errors)
     say(alice, "@bob lunch?")
-    for page in (bob, elsewhere):
-        notice = page.locator("#notices .mention", has_text="lunch?")
-        expect(notice).to_have_count(1, timeout=WAIT)
-        expect(notice).to_contain_text("alice mentioned you in #lobby")
+    notice = elsewhere.locator("#notices .mention", has_text="lunch?")
+    expect(notice).to_have_count(1, timeout=WAIT)
+    expect(notice).to_contain_text("alice mentioned you in #lobby")
     expect(message(elsewhere, "lunch?")).to_have_count(0)  # the message itself stays in #lobby
+    expect(bob.locator("#log li.mentions-me", has_text="lunch?")).to_have_count(1, timeout=WAIT)
+    # Sentinel: a mention from #random reaches bob's #lobby page after the #lobby one did.
+    alice_random = open_room(alice.context, "random", errors)
+    say(alice_random, "@bob or here?")
+    expect(bob.locator("#notices .mention", has_text="or here?")).to_have_count(1, timeout=WAIT)
+    expect(bob.locator("#notices .mention")).to_have_count(1)  # ... and is the only banner there
     expect(alice.locator("#notices .mention")).to_have_count(0)
     screenshot(bob, elsewhere, name="mention")
+    elsewhere.locator("#notices .mention", has_text="lunch?").get_by_role("button", name="dismiss").click()
+    expect(elsewhere.locator("#notices .mention", has_text="lunch?")).to_have_count(0)
+    bob.locator("#notices .mention .dismiss").click()
+    expect(bob.locator("#notices .mention")).to_have_count(0)
+    alice_random.close()
     elsewhere.close()
+    assert errors == []
+
+
+# The header's words that run over two lines or sit on another line than the first link's.
+WRAPPED = """header => {
+  const first = header.querySelector("a").getBoundingClientRect();
+  const walker = document.createTreeWalker(header, NodeFilter.SHOW_TEXT);
+  const wrapped = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (!node.textContent.trim()) continue;
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    const rects = [...range.getClientRects()].filter(r => r.width > 0);
+    const lines = new Set(rects.map(r => Math.round(r.top)));
+    if (lines.size > 1 || rects.some(r => r.top >= first.bottom || r.bottom <= first.top)) {
+      wrapped.push(node.textContent.trim());
+    }
+  }
+  return wrapped;
+}"""
+
+
+def test_header_stays_on_one_line_on_a_phone(alice: Page) -> None:
+    """On a 390 px wide screen the header's links, the user name and the log-out button each
+    stay on one line, all on the same line, and nothing scrolls sideways."""
+    page = alice.context.new_page()
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/", "/rooms/a-rather-long-room-name/", "/announce/"):
+        page.goto(path)
+        assert page.locator("header").evaluate(WRAPPED) == [], path
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+        expect(page.locator("header #me")).to_be_visible()
+        expect(page.locator("header button")).to_be_in_viewport(ratio=1)
+    screenshot(page, name="phone")
+    page.close()
+
+
+def test_page_load_logs_no_warning_and_no_404(
+    browser: Browser, chat: ChatServer, alice: Page, errors: list[str]
+) -> None:
+    """Loading a room page with an empty cache (HTML, CSS, JavaScript, icon, socket) logs no
+    warning and no 404, nor did any page before it since the server started: no
+    ``StreamingHttpResponse must consume synchronous iterators`` (Python prints a warning once
+    per process), no ``/favicon.ico``."""
+    context = browser.new_context(base_url=chat.http_url, storage_state=alice.context.storage_state())
+    before = len(chat.log)
+    page = open_room(context, "lobby", errors)
+    # The icon a browser asks for: the page's <link rel=icon>, or /favicon.ico when it has none.
+    icon = page.evaluate("(document.querySelector('link[rel=icon]') || {href: '/favicon.ico'}).href")
+    page.request.get(icon)
+    sentinel = "/sentinel-end-of-page-load/"
+    assert page.request.get(sentinel).status == 404
+    marker = f"Not Found: {sentinel}"  # Django's log line for the sentinel request
+    deadline = time.monotonic() + WAIT / 1000
+    while marker not in chat.log[before:]:  # the server has logged everything the page asked for
+        assert time.monotonic() < deadline, chat.log[before:]
+        time.sleep(0.05)
+    this_page = chat.log[before:].split(marker)[0]
+    assert '"GET /static/chat/chat.js HTTP/1.1" 200' in this_page, this_page
+    assert '"GET /static/chat/chat.css HTTP/1.1" 200' in this_page, this_page
+    log = chat.log.split(marker)[0]
+    assert "StreamingHttpResponse" not in log and "Warning" not in log, log
+    assert " 404" not in log and "Not Found" not in log and "favicon.ico" not in log, log
+    context.close()
     assert errors == []
 
 

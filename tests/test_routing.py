@@ -6,7 +6,7 @@ import logging
 
 import pytest
 from django.template import Context, Template
-from django.test import Client, RequestFactory, override_settings
+from django.test import AsyncClient, Client, RequestFactory, override_settings
 from django.urls import reverse
 
 from tether import CloseCode
@@ -78,11 +78,19 @@ async def test_http_path_is_rejected_with_an_explanation(caplog: pytest.LogCaptu
 
 @pytest.mark.django_db
 def test_http_get_on_websocket_route_answers_426() -> None:
-    """A plain HTTP GET to a websocket route gets 426 with the proxy hint."""
+    """A plain HTTP GET to a websocket route gets 426 with the proxy hint (no Upgrade header under WSGI)."""
     response = Client().get("/ws/echo/")
     assert response.status_code == 426
-    assert response["Upgrade"] == "websocket"
+    assert "Upgrade" not in response  # a hop-by-hop header, which WSGI forbids
     assert b"proxy" in response.content and b"Upgrade" in response.content
+
+
+@pytest.mark.django_db
+async def test_http_get_on_websocket_route_under_asgi_names_the_upgrade() -> None:
+    """Under ASGI the 426 carries Upgrade: websocket, as RFC 9110 asks of a 426."""
+    response = await AsyncClient().get("/ws/echo/")
+    assert response.status_code == 426
+    assert response["Upgrade"] == "websocket"
 
 
 def test_websocket_url_tag_picks_scheme_and_host() -> None:

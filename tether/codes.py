@@ -14,6 +14,8 @@ __all__ = ["CloseCode"]
 
 
 class CloseCode(IntEnum):
+    """The close codes tether sends: RFC 6455's 1xxx codes and its own 4xxx application codes."""
+
     NORMAL_CLOSURE = 1000
     GOING_AWAY = 1001  # server shutting down: reconnect elsewhere
     PROTOCOL_ERROR = 1002

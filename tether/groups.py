@@ -9,6 +9,8 @@ names are hashed to fit 63 bytes).
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from typing import Any
 
 from ._types import Frame
@@ -18,6 +20,12 @@ from .websocket import encode_json
 __all__ = ["MAX_GROUP_LENGTH", "encode_message", "user_group", "validate_group"]
 
 MAX_GROUP_LENGTH = 200
+
+logger = logging.getLogger("tether.hub")
+
+_CHANNELS_TYPE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")  # "chat.message": Channels' handler-method names
+_warned_types: set[str] = set()
+_MAX_WARNED_TYPES = 100  # bounded: a type per message id must not grow the set for ever
 
 
 def validate_group(group: str) -> str:
@@ -68,6 +76,32 @@ def encode_message(message: Any) -> Frame:
         return message
     if isinstance(message, (bytes, bytearray, memoryview)):
         return bytes(message)
-    if isinstance(message, (dict, list)):
+    if isinstance(message, dict):
+        _warn_channels_type(message)
+        return encode_json(message)
+    if isinstance(message, list):
         return encode_json(message)
     raise TypeError(f"a broadcast message is a dict, list, str or bytes, not {type(message).__name__}")
+
+
+def _warn_channels_type(message: dict[Any, Any]) -> None:
+    """Log once per type a broadcast whose ``"type"`` looks like a Channels handler name ("chat.message").
+
+    Under Channels that key picked the consumer method to call (``chat_message``);
+    tether calls none and sends the message as is, so a leftover key reaches the
+    browser as data. A client protocol of one's own may well use such a key,
+    hence a warning once per distinct type, never an error.
+    """
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind in _warned_types or len(_warned_types) >= _MAX_WARNED_TYPES:
+        return
+    if _CHANNELS_TYPE.fullmatch(kind):
+        _warned_types.add(kind)
+        logger.warning(
+            'A broadcast message has "type": %r, which tether sends to the sockets as data: no %s() method is '
+            "called, as Channels did. If it is left over from Channels, drop the key (do that method's work "
+            "before broadcasting, or per socket in SocketView.group_message()); if your client reads it, ignore "
+            "this: it is logged once per type.",
+            kind,
+            kind.replace(".", "_"),
+        )

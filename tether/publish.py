@@ -30,9 +30,15 @@ from .exceptions import BackendUnavailable
 from .groups import encode_message, validate_group
 from .hub import current_hub, get_hub
 
-__all__ = ["broadcast", "broadcast_on_commit", "broadcast_sync"]
+__all__ = ["MEMORY_BACKEND_HINT", "broadcast", "broadcast_on_commit", "broadcast_sync"]
 
 logger = logging.getLogger("tether.hub")
+
+MEMORY_BACKEND_HINT = (
+    "uses the memory backend, which reaches only this process's sockets: nothing reaches a server's sockets. "
+    "Fix: set TETHER['BACKEND'] to tether.backends.redis.RedisBackend or tether.backends.postgres.PostgresBackend"
+)
+"""Why a publish from a process with no server (a shell, a command, a worker) reaches no one."""
 
 _SYNC_TIMEOUT = 30.0  # seconds broadcast_sync() waits for the backend before giving up
 
@@ -130,9 +136,7 @@ class _Publisher:
                     await started.start()
                     if isinstance(started, MemoryBackend):
                         logger.warning(
-                            "broadcast_sync() with no server running in this process uses the memory backend, "
-                            "which reaches only this process's sockets: set TETHER['BACKEND'] to the Redis or "
-                            "PostgreSQL backend to reach a server's sockets"
+                            "broadcast_sync() with no server running in this process %s", MEMORY_BACKEND_HINT
                         )
                     self.backend = started
             backend = self.backend

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path, re_path
 
@@ -23,17 +24,24 @@ Handler = Callable[["WebSocket"], Awaitable[None]]
 
 _UPGRADE_HINT = (
     "426 Upgrade Required: this URL is a WebSocket endpoint; connect with a WebSocket client "
-    "(ws:// or wss://). If a WebSocket client got this answer, a proxy in front of the server "
-    "dropped the Upgrade and Connection headers (nginx: proxy_http_version 1.1; "
-    'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";).\n'
+    "(ws:// or wss://).\n"
+    "If a WebSocket client got this answer, its handshake reached Django as a plain HTTP request, "
+    "for one of two reasons:\n"
+    "- a proxy in front of the server dropped the Upgrade and Connection headers (nginx: "
+    "proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+    'proxy_set_header Connection "upgrade";), or\n'
+    "- the server can't speak WebSocket: uvicorn without a WebSocket library (fix: "
+    "pip install 'uvicorn[standard]'), or a WSGI server such as Django's own runserver "
+    "(serve the project with an ASGI server: tether's runserver does once uvicorn[standard] is installed).\n"
 )
 
 
 def _upgrade_required_view(handler: Handler) -> Callable[..., HttpResponse]:
     def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         response = HttpResponse(_UPGRADE_HINT, status=426, content_type="text/plain; charset=utf-8")
-        response["Upgrade"] = "websocket"
-        response["Connection"] = "Upgrade"
+        if isinstance(request, ASGIRequest):  # WSGI forbids hop-by-hop headers (wsgiref asserts on them)
+            response["Upgrade"] = "websocket"
+            response["Connection"] = "Upgrade"
         return response
 
     view.tether_handler = handler  # type: ignore[attr-defined]

@@ -80,18 +80,23 @@ class SocketView:
         return self.socket.user
 
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        """Accept the handshake: ``WebSocket.accept()`` on ``self.socket``."""
         await self.socket.accept(subprotocol, headers)
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close (or, before ``accept()``, refuse) the connection: ``WebSocket.close()``."""
         await self.socket.close(code, reason)
 
     async def send_text(self, data: str) -> None:
+        """Send one text frame: ``WebSocket.send_text()``."""
         await self.socket.send_text(data)
 
     async def send_bytes(self, data: bytes) -> None:
+        """Send one binary frame: ``WebSocket.send_bytes()``."""
         await self.socket.send_bytes(data)
 
     async def send_json(self, data: Any) -> None:
+        """Send ``data`` as one JSON text frame: ``WebSocket.send_json()``."""
         await self.socket.send_json(data)
 
     # -- groups ------------------------------------------------------------

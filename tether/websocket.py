@@ -69,6 +69,8 @@ GroupHook = Callable[[str, Frame], Awaitable[Frame | None]]
 
 
 class ConnectionState(enum.Enum):
+    """Where a connection stands (``WebSocket.connection_state``); it only ever moves forward."""
+
     CONNECTING = "connecting"  # handshake not answered yet
     OPEN = "open"  # accepted: send and receive allowed
     CLOSING = "closing"  # a close is under way
@@ -200,10 +202,12 @@ class WebSocket:
 
     @cached_property
     def cookies(self) -> dict[str, str]:
+        """The handshake's cookies by name (parsed from its ``Cookie`` header, once)."""
         return parse_cookie(self.headers.get("cookie", ""))
 
     @cached_property
     def query_params(self) -> QueryDict:
+        """The query string as a read-only ``QueryDict``, as ``request.GET`` is in a view."""
         return QueryDict(self.scope.get("query_string", b""))
 
     @property
@@ -606,6 +610,8 @@ class WebSocket:
     # -- sending --------------------------------------------------------
 
     async def send_text(self, data: str) -> None:
+        """Send one text frame. ``TypeError`` for a non-``str``; ``InvalidState`` before
+        ``accept()`` or once closed; a peer gone meanwhile raises ``Disconnected``."""
         if not isinstance(data, str):
             raise TypeError(f"send_text() takes a str, not {type(data).__name__}; use send_bytes() or send_json()")
         if self.connection_state is not ConnectionState.OPEN:
@@ -616,6 +622,8 @@ class WebSocket:
             self._peer_gone(exc)
 
     async def send_bytes(self, data: bytes) -> None:
+        """Send one binary frame (``bytes``, ``bytearray`` or ``memoryview``); raises as
+        ``send_text()`` does."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_bytes() takes bytes, not {type(data).__name__}; use send_text() or send_json()")
         if self.connection_state is not ConnectionState.OPEN:

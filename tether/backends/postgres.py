@@ -181,7 +181,7 @@ class PostgresBackend(Backend):
             await self._wake()
         try:
             await asyncio.wait_for(asyncio.shield(future), self.subscribe_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # what wait_for raises; a TimeoutError only from Python 3.11
             raise BackendUnavailable(
                 f"PostgreSQL ({self.database!r}) did not LISTEN for {group!r} within {self.subscribe_timeout}s; "
                 "it will when the database is back"

@@ -93,7 +93,7 @@ class RedisBackend(Backend):
                     await self._pubsub.subscribe(channel)
         try:
             await asyncio.wait_for(asyncio.shield(future), self.subscribe_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # what wait_for raises; a TimeoutError only from Python 3.11
             raise BackendUnavailable(
                 f"Redis at {self.url} did not confirm the subscription to {group!r} "
                 f"within {self.subscribe_timeout}s; it is made when Redis is back"

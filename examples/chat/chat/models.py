@@ -5,13 +5,22 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
-HISTORY = 50  # messages a socket gets when it joins a room
+HISTORY = 50  # messages (and announcements) a socket gets when it joins a room
 
 
 class Message(models.Model):
-    """One chat message, kept so a socket joining a room sees the recent past."""
+    """One chat message or announcement, kept so a socket joining a room sees the recent past.
 
-    room = models.SlugField(max_length=50)
+    An announcement (``kind="announcement"``, from the announce form) belongs to every room;
+    its ``room`` is empty.
+    """
+
+    class Kind(models.TextChoices):
+        MESSAGE = "message"
+        ANNOUNCEMENT = "announcement"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.MESSAGE)
+    room = models.SlugField(max_length=50, blank=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_messages")
     text = models.TextField(max_length=2000)
     created = models.DateTimeField(auto_now_add=True)
@@ -24,9 +33,10 @@ class Message(models.Model):
         return f"#{self.room} {self.user}: {self.text[:40]}"
 
     def as_json(self) -> dict[str, Any]:
-        """The frame every socket in the room receives (``user`` must be loaded)."""
+        """The frame every socket in the room (or, for an announcement, every room) receives;
+        ``user`` must be loaded."""
         return {
-            "type": "message",
+            "type": self.kind,
             "id": self.pk,
             "room": self.room,
             "user": self.user.get_username(),
@@ -36,6 +46,7 @@ class Message(models.Model):
 
     @classmethod
     async def arecent(cls, room: str, count: int = HISTORY) -> list[Message]:
-        """The last ``count`` messages of ``room``, oldest first."""
-        query = cls.objects.filter(room=room).select_related("user").order_by("-created", "-id")[:count]
+        """The last ``count`` messages of ``room`` and announcements, oldest first."""
+        shown = models.Q(kind=cls.Kind.MESSAGE, room=room) | models.Q(kind=cls.Kind.ANNOUNCEMENT)
+        query = cls.objects.filter(shown).select_related("user").order_by("-created", "-id")[:count]
         return [message async for message in query][::-1]

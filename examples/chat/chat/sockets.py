@@ -2,9 +2,10 @@
 
 Frames the client receives (all JSON objects with a ``type``):
 
-- ``history``: ``{"messages": [...]}``, the room's last 50 messages, once after connecting;
+- ``history``: ``{"messages": [...]}``, the room's last 50 messages and announcements, once after
+  connecting;
 - ``message``: a new message in the room (see ``Message.as_json``);
-- ``announcement``: ``{"user", "text"}`` from the announce form, to every room;
+- ``announcement``: the same fields, from the announce form, to every room;
 - ``mention``: ``{"user", "room", "text"}``, to the mentioned user's sockets in every room;
 - ``error``: ``{"error"}``, when the client sent something the chat can't take.
 

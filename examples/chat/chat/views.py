@@ -38,7 +38,8 @@ def home(request: HttpRequest) -> HttpResponse:
     form = RoomForm(request.GET or None)
     if form.is_valid():
         return redirect("room", slug=form.cleaned_data["name"])
-    rooms = sorted({"lobby", *Message.objects.values_list("room", flat=True).distinct()})
+    used = Message.objects.filter(kind=Message.Kind.MESSAGE).values_list("room", flat=True).distinct()
+    rooms = sorted({"lobby", *used})
     return render(request, "chat/home.html", {"rooms": rooms, "form": form})
 
 
@@ -51,11 +52,13 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def announce(request: HttpRequest) -> HttpResponse:
-    """Send a line to every open room: a plain sync view calling ``broadcast_sync``."""
+    """Send a line to every open room: a plain sync view calling ``broadcast_sync``. The line is
+    stored too, so that a room page opened (or reloaded) later shows it in its history."""
     form = AnnounceForm(request.POST or None)
     if form.is_valid():
         text = form.cleaned_data["text"]
-        broadcast_sync(ANNOUNCEMENTS, {"type": "announcement", "user": request.user.get_username(), "text": text})
+        announcement = Message.objects.create(kind=Message.Kind.ANNOUNCEMENT, user=request.user, text=text)
+        broadcast_sync(ANNOUNCEMENTS, announcement.as_json())
         messages.success(request, f"Announced to all rooms: {text}")
         return redirect("announce")
     return render(request, "chat/announce.html", {"form": form})

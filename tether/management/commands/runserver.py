@@ -17,6 +17,7 @@ from django.core.management.commands.runserver import Command as DjangoRunserver
 from django.utils import autoreload
 
 from tether.asgi import TetherASGIHandler
+from tether.checks import check_websocket_server
 from tether.server import announce_server_options, uvicorn_options
 
 BaseRunserver: type[DjangoRunserver] = DjangoRunserver
@@ -54,10 +55,27 @@ class Command(BaseRunserver):  # type: ignore[valid-type,misc]
             help="uvicorn's WebSocket implementation (default: websockets-sansio, the fastest).",
         )
 
+    _falling_back = False
+
+    def check(self, *args: Any, **kwargs: Any) -> None:
+        """Django's checks; when falling back to Django's server, tether.E001 is the warning already shown."""
+        if not self._falling_back:
+            super().check(*args, **kwargs)
+            return
+        silenced = settings.SILENCED_SYSTEM_CHECKS
+        settings.SILENCED_SYSTEM_CHECKS = [*silenced, "tether.E001"]
+        try:
+            super().check(*args, **kwargs)
+        finally:
+            settings.SILENCED_SYSTEM_CHECKS = silenced
+
     def inner_run(self, *args: Any, **options: Any) -> None:
         ws = options.get("ws") or websocket_implementation()
         if ws is None:
-            self.stderr.write(self.style.WARNING(_INSTALL_HINT))
+            # uvicorn missing, or there without websockets/wsproto (tether.E001): serve HTTP all the same.
+            self._falling_back = True
+            why = "; ".join(str(error.msg) for error in check_websocket_server()) or _INSTALL_HINT
+            self.stderr.write(self.style.WARNING(f"{why}\nFalling back to Django's server: HTTP only, no WebSockets."))
             super().inner_run(*args, **options)
             return
         import uvicorn

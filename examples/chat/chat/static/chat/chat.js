@@ -14,6 +14,8 @@
   const root = document.getElementById("chat");
   const url = root.dataset.socketUrl;
   const me = root.dataset.me;
+  const room = root.dataset.room;
+  const mentionsMe = new RegExp("(^|[^\\w@])@" + me.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "(?![\\w.+-])");
   const stateEl = document.getElementById("state");
   const log = document.getElementById("log");
   const notices = document.getElementById("notices");
@@ -117,16 +119,48 @@
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
 
+  // A message or an announcement (both stored, both in the history), shown once by id.
   function showMessage(message) {
     if (seen.has(message.id)) return;
     seen.add(message.id);
-    const li = line(message.user === me ? "message mine" : "message");
+    const li = line(message.type === "announcement" ? "announcement" : "message");
+    if (message.type !== "announcement" && message.user === me) li.classList.add("mine");
+    if (message.type !== "announcement" && message.user !== me && mentionsMe.test(message.text)) {
+      li.classList.add("mentions-me");
+    }
     li.dataset.id = message.id;
     const time = document.createElement("time");
     time.dateTime = message.created;
     time.textContent = new Date(message.created).toLocaleTimeString();
-    li.append(time, span("user", message.user), span("text", message.text));
+    li.append(time);
+    if (message.type === "announcement") li.append(span("tag", "announcement"));
+    li.append(span("user", message.user), span("text", message.text));
     append(li);
+  }
+
+  // A banner for a mention in another room; one in this room is the highlighted message itself.
+  function showMention(frame) {
+    if (frame.room === room) return;
+    const div = document.createElement("div");
+    div.className = "mention";
+    const body = document.createElement("span");
+    body.append(span("user", frame.user), " mentioned you in ");
+    const link = document.createElement("a");
+    link.href = "/rooms/" + encodeURIComponent(frame.room) + "/";
+    link.textContent = "#" + frame.room;
+    body.append(link, ": ", span("text", frame.text));
+    div.append(body);
+    const dismiss = document.createElement("button");
+    dismiss.type = "button";
+    dismiss.className = "dismiss";
+    dismiss.title = "dismiss";
+    dismiss.setAttribute("aria-label", "dismiss");
+    dismiss.textContent = "\u00d7";
+    dismiss.addEventListener("click", function () {
+      div.remove();
+    });
+    div.append(dismiss);
+    notices.prepend(div);
   }
 
   function handle(frame) {
@@ -135,25 +169,12 @@
         frame.messages.forEach(showMessage);
         break;
       case "message":
+      case "announcement":
         showMessage(frame);
         break;
-      case "announcement": {
-        const li = line("announcement");
-        li.append(span("tag", "announcement"), span("user", frame.user), span("text", frame.text));
-        append(li);
+      case "mention":
+        showMention(frame);
         break;
-      }
-      case "mention": {
-        const div = document.createElement("div");
-        div.className = "mention";
-        div.append(span("user", frame.user), " mentioned you in ");
-        const link = document.createElement("a");
-        link.href = "/rooms/" + encodeURIComponent(frame.room) + "/";
-        link.textContent = "#" + frame.room;
-        div.append(link, ": ", span("text", frame.text));
-        notices.prepend(div);
-        break;
-      }
       case "error": {
         const li = line("system");
         li.textContent = "error: " + frame.error;
