@@ -205,12 +205,14 @@ def test_server_limits_read_from_uvicorns_command_line(
     argv: list[str], expected: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under uvicorn's command line tether parses its options and warns for each limit looser than its own."""
+    monkeypatch.setattr(server, "_announced", None)
     monkeypatch.setattr("sys.argv", argv)
     assert _ids(checks.check_server_limits()) == expected
 
 
 def test_server_limits_follow_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """A larger MAX_MESSAGE_SIZE, or limits turned off in TETHER, silence the matching warnings."""
+    monkeypatch.setattr(server, "_announced", None)
     monkeypatch.setattr("sys.argv", ["uvicorn", "tests.asgi:application", "--ws-ping-interval", "0"])
     with override_settings(
         TETHER={"MAX_MESSAGE_SIZE": 16 * 1024 * 1024, "PING_INTERVAL": None, "SHUTDOWN_TIMEOUT": None}
@@ -233,6 +235,7 @@ def test_server_limits_are_logged_at_startup_under_uvicorn(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """uvicorn's command line runs no check command: the warnings are logged at startup instead."""
+    monkeypatch.setattr(server, "_announced", None)
     monkeypatch.setattr("sys.argv", ["uvicorn", "tests.asgi:application"])
     with override_settings(SILENCED_SYSTEM_CHECKS=["tether.W022"]):
         checks.log_server_limits()

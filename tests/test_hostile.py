@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.servers import Server, serve
 from tests.serving import manage_serve, memory_kib
+from tether import server as server_module
 from tether.management.commands.serve import Command
 from tether.server import asgi_application_path
 from tether.websocket import CLOSE_TIMEOUT
@@ -393,6 +394,7 @@ def test_runserver_passes_the_same_limits(monkeypatch: pytest.MonkeyPatch) -> No
     from tether.management.commands import runserver
 
     configs: list[Any] = []
+    monkeypatch.setattr(server_module, "_announced", None)  # runserver announces its options: undone after
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: configs.append(self.config))
     monkeypatch.setattr(runserver.Command, "check_migrations", lambda self: None)
     with override_settings(TETHER={"MAX_MESSAGE_SIZE": 4096, "PING_INTERVAL": 7, "SHUTDOWN_TIMEOUT": 3}):
