@@ -11,7 +11,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from tether import checks
+from tether import checks, server
 
 
 def _ids(messages: list[Any]) -> list[str]:
@@ -180,3 +180,64 @@ def test_a_bare_wildcard_among_trusted_origins_is_flagged_on_deploy(entry: str) 
 def test_subdomain_wildcards_among_trusted_origins_pass() -> None:
     with override_settings(CSRF_TRUSTED_ORIGINS=["https://*.example.com", "https://app.example.com:8443"]):
         assert "tether.W014" not in _ids(run_checks(tags=["tether"], include_deployment_checks=True))
+
+
+# -- W020-W022: the server's limits against tether's ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["uvicorn", "tests.asgi:application"], ["tether.W020", "tether.W022"]),  # uvicorn's defaults
+        (
+            ["/x/uvicorn/__main__.py", "tests.asgi:application", "--ws-ping-interval", "0"],
+            ["tether.W020", "tether.W021", "tether.W022"],
+        ),
+        (
+            ["uvicorn", "tests.asgi:application", "--ws-max-size", "1048576", "--timeout-graceful-shutdown", "10"],
+            [],
+        ),
+        (["manage.py", "check"], []),  # not a server: tether can't tell
+        (["gunicorn", "tests.asgi:application"], []),
+    ],
+)
+def test_server_limits_read_from_uvicorns_command_line(
+    argv: list[str], expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under uvicorn's command line tether parses its options and warns for each limit looser than its own."""
+    monkeypatch.setattr(server, "_announced", None)
+    monkeypatch.setattr("sys.argv", argv)
+    assert _ids(checks.check_server_limits()) == expected
+
+
+def test_server_limits_follow_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A larger MAX_MESSAGE_SIZE, or limits turned off in TETHER, silence the matching warnings."""
+    monkeypatch.setattr(server, "_announced", None)
+    monkeypatch.setattr("sys.argv", ["uvicorn", "tests.asgi:application", "--ws-ping-interval", "0"])
+    with override_settings(
+        TETHER={"MAX_MESSAGE_SIZE": 16 * 1024 * 1024, "PING_INTERVAL": None, "SHUTDOWN_TIMEOUT": None}
+    ):
+        assert checks.check_server_limits() == []
+
+
+def test_serve_announces_its_options_so_the_checks_see_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve and runserver announce what they start uvicorn with; tether's own options pass."""
+    monkeypatch.setattr(server, "_announced", None)
+    monkeypatch.setattr("sys.argv", ["manage.py", "serve"])
+    server.announce_server_options(server.uvicorn_options())
+    assert checks.check_server_limits() == []
+    server.announce_server_options({**server.uvicorn_options(), "ws_max_size": 16 * 1024 * 1024})
+    [message] = checks.check_server_limits()
+    assert message.id == "tether.W020" and "--ws-max-size 1048576" in message.msg
+
+
+def test_server_limits_are_logged_at_startup_under_uvicorn(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn's command line runs no check command: the warnings are logged at startup instead."""
+    monkeypatch.setattr(server, "_announced", None)
+    monkeypatch.setattr("sys.argv", ["uvicorn", "tests.asgi:application"])
+    with override_settings(SILENCED_SYSTEM_CHECKS=["tether.W022"]):
+        checks.log_server_limits()
+    logged = [r.getMessage() for r in caplog.records if r.name == "tether.checks"]
+    assert len(logged) == 1 and "tether.W020" in logged[0]

@@ -7,7 +7,11 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import ssl
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +25,20 @@ from websockets.exceptions import InvalidStatus
 
 from tests.chat import ChatServer, chat_env, manage, session_cookie
 from tests.conftest import require_service
-from tests.nginx import Site, docs_site_config, run_nginx, site_config, site_directory, without_upgrade_headers
-from tests.servers import Server, serve
+from tests.nginx import (
+    Nginx,
+    Site,
+    docs_site_config,
+    run_nginx,
+    site_config,
+    site_directory,
+    with_header_timeout,
+    with_read_timeout,
+    without_upgrade_headers,
+)
+from tests.servers import ROOT, Server, serve
+from tests.serving import manage_serve
+from tether.conf import DEFAULTS
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +110,145 @@ def test_nginx_redirects_http_and_serves_static(upstream: Server, site: Site) ->
         plain.close()
         with urllib.request.urlopen(f"{nginx.https_url}/static/hello.txt", context=trusting(site), timeout=5) as got:
             assert got.read() == b"static hello"
+
+
+# -- the hardened recipe: what uvicorn lacks, nginx does -------------------------------
+
+HEADER_TIMEOUT = 3  # the tests' client_header_timeout (the guide's 10 s, shortened)
+
+
+def test_docs_config_is_hardened() -> None:
+    """The documented config times out slow headers, caps each client, and outlasts the server's pings."""
+    config = docs_site_config()
+    assert re.search(r"^client_header_timeout \d+s;", config, re.MULTILINE)
+    assert "limit_conn tether_conn 20;" in config and "limit_req zone=tether_req" in config
+    assert re.search(r"^client_max_body_size \S+;", config, re.MULTILINE)
+    read_timeout = re.search(r"proxy_read_timeout (\d+)s;", config)
+    assert read_timeout is not None
+    assert int(read_timeout.group(1)) > DEFAULTS["PING_INTERVAL"]  # pings are the upstream's traffic
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Server]:
+    """``manage.py serve`` as the guide runs it, as nginx's upstream."""
+    with manage_serve() as server:
+        yield server
+
+
+async def attack(nginx: Nginx, *args: str) -> Any:
+    """Run ``tests.attack`` against nginx's https port in its own process; its JSON result."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.attack", args[0], "127.0.0.1", str(nginx.site.https_port), *args[1:],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    return json.loads(out)
+
+
+async def latencies_during(nginx: Nginx, site: Site, attacking: Any) -> list[float]:
+    """Round trips (ms) of a well-behaved wss:// client through nginx, every 20 ms while ``attacking`` runs."""
+    task = asyncio.ensure_future(attacking)
+    rtts: list[float] = []
+    async with websockets.connect(
+        f"{nginx.wss_url}/ws/echo/", ssl=trusting(site), origin=websockets.Origin(nginx.https_url)
+    ) as ws:
+        while not task.done():
+            started = time.perf_counter()
+            await ws.send("hello")
+            assert await asyncio.wait_for(ws.recv(), 10) == "hello"
+            rtts.append((time.perf_counter() - started) * 1000)
+            await asyncio.wait([task], timeout=0.02)  # the client's pace, cut short when the attack ends
+    task.result()
+    return rtts
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def test_slowloris_through_nginx_is_cut_within_the_header_timeout(served: Server, site: Site) -> None:
+    """200 slowloris clients (a header line a second, never done) are cut by nginx within
+    client_header_timeout; a well-behaved socket's p99 round trip stays under 50 ms meanwhile.
+    """
+    config = with_header_timeout(site_config(site, served.port), f"{HEADER_TIMEOUT}s")
+    with run_nginx(site, config) as nginx:
+        result: list[Any] = []
+
+        async def slowloris() -> None:
+            result.extend(await attack(nginx, "slowloris", "200", "--max", str(HEADER_TIMEOUT * 4)))
+
+        rtts = await latencies_during(nginx, site, slowloris())
+        error_log = nginx.error_log
+    lasted = [t for t in result if isinstance(t, float)]
+    assert len(result) == 200 and len(lasted) == 200, [
+        line for line in error_log.splitlines() if "[info]" not in line or "timed out" not in line
+    ][:20]
+    assert max(lasted) < HEADER_TIMEOUT + 1.5, sorted(lasted)[-5:]
+    assert "client timed out" in error_log and "while reading client request headers" in error_log
+    assert p99(rtts) < 50, f"p99 {p99(rtts):.1f} ms over {len(rtts)} round trips"
+    print(
+        f"slowloris x200 via nginx: cut after {min(lasted):.2f}-{max(lasted):.2f}s "
+        f"(client_header_timeout {HEADER_TIMEOUT}s); good client p99 {p99(rtts):.1f} ms over {len(rtts)}"
+    )
+
+
+async def test_300_connections_from_one_address_are_capped(served: Server, site: Site) -> None:
+    """300 handshakes at once from one address: nginx lets at most 20 sockets be open (limit_conn,
+    limit_req), answers the rest 429, and a well-behaved socket's p99 round trip stays under 50 ms.
+    """
+    with run_nginx(site, site_config(site, served.port)) as nginx:
+        result: dict[str, int] = {}
+
+        async def flood() -> None:
+            result.update(await attack(nginx, "flood", "300", "/ws/echo/", "--hold", "5"))
+
+        rtts = await latencies_during(nginx, site, flood())
+        error_log = nginx.error_log
+    assert sum(result.values()) == 300, result
+    assert set(result) <= {"101", "429"}, result
+    assert 1 <= result.get("101", 0) <= 20 - 1, result  # the well-behaved client holds one of the 20
+    assert "limiting" in error_log  # nginx logs each refusal ("limiting connections/requests by zone")
+    assert p99(rtts) < 50, f"p99 {p99(rtts):.1f} ms over {len(rtts)} round trips"
+    print(f"300 handshakes from one address via nginx: {result}; good client p99 {p99(rtts):.1f} ms over {len(rtts)}")
+
+
+def test_oversized_request_line_gets_414_from_nginx(served: Server, site: Site) -> None:
+    """A 16 KB request line (more than large_client_header_buffers' 8k) is answered 414 by nginx at once."""
+    with run_nginx(site, site_config(site, served.port)) as nginx:
+        connection = http.client.HTTPSConnection("127.0.0.1", nginx.site.https_port, context=trusting(site), timeout=10)
+        connection.request("GET", "/ws/echo/?" + "a" * 16_000)
+        assert connection.getresponse().status == 414
+        connection.close()
+
+
+@pytest.mark.parametrize("pings", ["1", "none"])
+async def test_proxy_read_timeout_against_the_ping_interval(pings: str, site: Site) -> None:
+    """With proxy_read_timeout (2 s here) above the server's ping interval (1 s) an idle socket stays
+    open through nginx; with the pings off, nginx cuts it after proxy_read_timeout.
+    """
+    with manage_serve("--ws-ping-interval", pings) as upstream:
+        with run_nginx(site, with_read_timeout(site_config(site, upstream.port), "2s")) as nginx:
+            async with websockets.connect(
+                f"{nginx.wss_url}/ws/echo/",
+                ssl=trusting(site),
+                origin=websockets.Origin(nginx.https_url),
+                ping_interval=None,  # the client stays silent: only the server's pings cross nginx
+            ) as ws:
+                started = time.monotonic()
+                try:
+                    await asyncio.wait_for(ws.recv(), 4)  # twice proxy_read_timeout of silence
+                except asyncio.TimeoutError:
+                    await ws.send("sentinel")  # still open: the echo comes back
+                    assert await asyncio.wait_for(ws.recv(), 5) == "sentinel"
+                    kept = True
+                except websockets.ConnectionClosed:
+                    kept = False
+                lasted = time.monotonic() - started
+    assert kept is (pings != "none"), f"pings {pings}: open {lasted:.1f}s"
+    if not kept:
+        assert 1.5 < lasted < 3.5, lasted
 
 
 # -- several worker processes, one Redis ------------------------------------

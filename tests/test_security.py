@@ -236,3 +236,22 @@ async def test_allowed_hosts_star_on_a_real_server_refuses_a_foreign_origin(
             additional_headers={"Cookie": login_cookie},
         ) as ws:
             assert json.loads(await ws.recv())["user"] == "ann"
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        ["http://testserver", "https://evil.example"],  # the allowed one first: checking only it let evil in
+        ["https://evil.example", "http://testserver"],
+        ["http://testserver", "http://testserver"],
+        ["http://testserver, https://evil.example"],  # as a proxy joins repeated headers
+    ],
+)
+async def test_more_than_one_origin_is_refused(origins: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A handshake with more than one Origin (no browser sends that) is refused with 4403 and logged."""
+    with pytest.raises(Rejected) as info:
+        async with connect("/ws/echo/", headers=[("origin", origin) for origin in origins]):
+            pass
+    assert (info.value.status, info.value.code) == (403, CloseCode.FORBIDDEN)
+    [record] = [r for r in caplog.records if r.name == "tether.security"]
+    assert "more than one Origin header" in record.getMessage()

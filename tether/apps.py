@@ -1,6 +1,6 @@
 from django.apps import AppConfig
 
-from . import checks  # noqa: F401  (importing registers the system checks)
+from . import checks  # importing registers the system checks
 from .revocation import connect_signals
 
 
@@ -11,3 +11,4 @@ class TetherConfig(AppConfig):
 
     def ready(self) -> None:
         connect_signals()  # sockets closed when the login behind them ends (tether.revocation)
+        checks.log_server_limits()  # under uvicorn's command line no check command runs: log W020-W022

@@ -12,7 +12,17 @@ tether.W006    ``django.contrib.staticfiles`` listed before ``tether``     ``che
 tether.W010    the memory backend with DEBUG off                           ``--deploy``
 tether.W011    Origin checking disabled                                    ``--deploy``
 tether.W014    a bare wildcard among the trusted origins                   ``--deploy``
+tether.W020    the server buffers messages larger than MAX_MESSAGE_SIZE    ``check`` (1)
+tether.W021    the server sends no keepalive pings (PING_INTERVAL is set)  ``check`` (1)
+tether.W022    the server waits for ever at shutdown                       ``check`` (1)
 =============  ==========================================================  ===========
+
+(1) W020-W022 compare the server's limits with tether's where tether can tell
+what they are: under ``manage.py serve`` and ``runserver`` (which announce
+their options, and run the checks) and in a process started from uvicorn's
+command line (``uvicorn mysite.asgi:application ...``, whose arguments tether
+parses; those warnings are logged at startup, logger ``tether.checks``).
+Under gunicorn, daphne, hypercorn or granian tether can't tell, and says nothing.
 
 W003 can't be a registered check: Django only runs checks that installed apps
 register, so when ``tether`` is not installed nothing of it would run.
@@ -22,6 +32,7 @@ register, so when ``tether`` is not installed nothing of it would run.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from collections.abc import Sequence
 from importlib.machinery import PathFinder
@@ -33,6 +44,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import DEFAULTS, get_setting
+from .server import asgi_module_name, running_server_options
 
 __all__ = [
     "check_asgi_module",
@@ -40,9 +52,12 @@ __all__ = [
     "check_memory_backend_in_deployment",
     "check_origin_checking",
     "check_runserver_order",
+    "check_server_limits",
     "check_settings_keys",
     "check_websocket_server",
     "check_websockets_shadowing",
+    "log_server_limits",
+    "server_limit_warnings",
 ]
 
 _find_spec = importlib.util.find_spec  # a module attribute, so tests can make packages disappear
@@ -107,22 +122,10 @@ def check_installed() -> list[CheckMessage]:
     ]
 
 
-def _asgi_module_name() -> str | None:
-    """The project's ASGI module: ASGI_APPLICATION's, else the ``asgi`` module beside WSGI_APPLICATION's."""
-    asgi_application = getattr(settings, "ASGI_APPLICATION", None)
-    if asgi_application:
-        return str(asgi_application).rpartition(".")[0] or None
-    wsgi_application = getattr(settings, "WSGI_APPLICATION", None)
-    if not wsgi_application:
-        return None
-    package = str(wsgi_application).rpartition(".")[0].rpartition(".")[0]
-    return f"{package}.asgi" if package else "asgi"
-
-
 @register("tether", Tags.compatibility)
 def check_asgi_module(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """tether.W004: the project's asgi.py serves Django's own handler, so no websocket reaches tether."""
-    name = _asgi_module_name()
+    name = asgi_module_name()
     if name is None:
         return []
     try:
@@ -226,3 +229,59 @@ def check_trusted_origins(app_configs: Sequence[AppConfig] | None = None, **kwar
             id="tether.W014",
         )
     ]
+
+
+def server_limit_warnings(server: dict[str, Any] | None) -> list[CheckMessage]:
+    """tether.W020-W022 for a server running with the uvicorn options ``server`` (None: unknown)."""
+    if server is None:
+        return []
+    messages: list[CheckMessage] = []
+    limit = get_setting("MAX_MESSAGE_SIZE")
+    buffered = server.get("ws_max_size")
+    if limit is not None and isinstance(buffered, int) and buffered > limit:
+        messages.append(
+            Warning(
+                f"The server reads messages of up to {buffered} bytes (uvicorn --ws-max-size) before tether sees "
+                f"them, but TETHER['MAX_MESSAGE_SIZE'] is {limit}: each connection can make the server hold "
+                f"{buffered // limit}x what tether would accept. Fix: run 'manage.py serve', or pass "
+                f"--ws-max-size {limit} to uvicorn.",
+                id="tether.W020",
+            )
+        )
+    interval = get_setting("PING_INTERVAL")
+    if interval and not server.get("ws_ping_interval", interval):
+        messages.append(
+            Warning(
+                "The server sends no keepalive pings (uvicorn --ws-ping-interval is off), so connections whose "
+                "client vanished stay open and proxies drop idle ones. Fix: run 'manage.py serve', or pass "
+                f"--ws-ping-interval {interval} to uvicorn.",
+                id="tether.W021",
+            )
+        )
+    shutdown = get_setting("SHUTDOWN_TIMEOUT")
+    if shutdown is not None and server.get("timeout_graceful_shutdown", shutdown) is None:
+        messages.append(
+            Warning(
+                "The server has no graceful-shutdown timeout (uvicorn --timeout-graceful-shutdown), so a client "
+                "that stopped reading holds a restart for ever. Fix: run 'manage.py serve', or pass "
+                f"--timeout-graceful-shutdown {shutdown} to uvicorn.",
+                id="tether.W022",
+            )
+        )
+    return messages
+
+
+@register("tether", Tags.compatibility)
+def check_server_limits(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """tether.W020-W022: the server's limits are looser than tether's, where tether can tell them."""
+    return server_limit_warnings(running_server_options())
+
+
+def log_server_limits() -> None:
+    """Log W020-W022 at startup in a process started from uvicorn's command line (which runs no checks)."""
+    if running_server_options() is None:
+        return
+    silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", []))
+    for message in check_server_limits():
+        if message.id not in silenced:
+            logging.getLogger("tether.checks").warning("%s", message)

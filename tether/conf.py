@@ -48,6 +48,15 @@ DEFAULTS: dict[str, Any] = {
     # deactivation). Costs a session read and a user read per distinct session per period, spread
     # over the period. None: never re-check.
     "SESSION_RECHECK": 300,
+    # -- The server's side of the limits (tether.server): what `manage.py serve` and `runserver` pass to
+    # uvicorn; `serve`'s flags override them. MAX_MESSAGE_SIZE above becomes uvicorn's --ws-max-size.
+    # Seconds between the server's keepalive pings (--ws-ping-interval). None: no pings, dead peers linger.
+    "PING_INTERVAL": 20.0,
+    # Seconds a ping may go unanswered before the server closes with 1011 (--ws-ping-timeout).
+    "PING_TIMEOUT": 20.0,
+    # Seconds the server waits at shutdown for connections to finish (--timeout-graceful-shutdown). A
+    # client that stopped reading keeps its connection until this runs out. None: wait for ever.
+    "SHUTDOWN_TIMEOUT": 10,
 }
 
 

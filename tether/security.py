@@ -8,7 +8,9 @@ handshake's own ``scheme://host[:port]`` (the host validated against
 ``ALLOWED_HOSTS``), or is listed in ``CSRF_TRUSTED_ORIGINS`` or
 ``TETHER["ALLOWED_ORIGINS"]`` (exact, or ``https://*.example.com``).
 ``ALLOWED_HOSTS`` alone trusts no other origin, so ``ALLOWED_HOSTS = ["*"]``
-does not let ``https://evil.example`` in.
+does not let ``https://evil.example`` in. A handshake with more than one
+``Origin`` header is refused too: no browser sends that, and servers differ
+on which one the application would see.
 """
 
 from __future__ import annotations
@@ -108,11 +110,21 @@ def origin_allowed(origin: str, own_origin: str | None = None) -> bool:
     return False
 
 
+def _origin_headers(scope: Scope) -> list[str]:
+    """Every ``Origin`` header of the handshake, in order."""
+    return [value.decode("latin-1") for key, value in scope.get("headers", ()) if key.lower() == b"origin"]
+
+
 def origin_refusal(socket: WebSocket) -> str | None:
     """Why the handshake's Origin is refused, or None if it may connect (reads settings once)."""
     if not get_setting("CHECK_ORIGIN"):
         return None
-    origin = scope_header(socket.scope, b"origin")  # not socket.headers: that copy would live as long as the socket
+    origins = _origin_headers(socket.scope)  # not socket.headers: that copy would live as long as the socket
+    if len(origins) > 1 or (origins and "," in origins[0]):
+        # Servers disagree on which of several headers the application sees (wsproto: the first), and a
+        # proxy may join them with ", ": a browser sends exactly one, so refuse rather than pick one.
+        return f"more than one Origin header ({', '.join(map(repr, origins))}); a browser sends exactly one"
+    origin = origins[0] if origins else None
     if origin is None:
         return None if get_setting("ALLOW_NO_ORIGIN") else "no Origin header (TETHER['ALLOW_NO_ORIGIN'] is off)"
     own = handshake_origin(socket.scope)

@@ -132,8 +132,21 @@ _UNSERVED = _Unserved()
 
 
 def encode_json(data: Any) -> str:
-    """Encode ``data`` the way every tether JSON frame is encoded (DjangoJSONEncoder, compact)."""
-    return json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
+    """Encode ``data`` the way every tether JSON frame is encoded (DjangoJSONEncoder, compact).
+
+    Raises ``ValueError`` for a float NaN or infinity: Python's ``json`` would
+    write ``NaN``/``Infinity``, which is not JSON and which browsers'
+    ``JSON.parse`` rejects, so the client would lose the whole message.
+    """
+    try:
+        return json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+        raise ValueError(
+            "can't send NaN or Infinity as JSON (not valid JSON: browsers' JSON.parse rejects the whole message); "
+            "replace them first, e.g. with None or a string"
+        ) from None
 
 
 class WebSocket:
@@ -674,8 +687,14 @@ def _size(data: str | bytes) -> int:
 
 
 def decode_json(text: str) -> Any:
-    """Decode a client's JSON text, raising ``InvalidMessage`` (1007) on malformed input."""
+    """Decode a client's JSON text, raising ``InvalidMessage`` (1007) on malformed input.
+
+    Nesting deeper than Python's recursion limit (``"[" * 32000``, a few dozen
+    KB) is refused the same way: it is the client's fault, not a server error.
+    """
     try:
         return json.loads(text)
     except ValueError as exc:
         raise InvalidMessage(f"malformed JSON: {exc}", CloseCode.INVALID_DATA) from None
+    except RecursionError:
+        raise InvalidMessage("malformed JSON: nested too deeply", CloseCode.INVALID_DATA) from None

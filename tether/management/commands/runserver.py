@@ -18,6 +18,7 @@ from django.utils import autoreload
 
 from tether.asgi import TetherASGIHandler
 from tether.checks import check_websocket_server
+from tether.server import announce_server_options, uvicorn_options
 
 BaseRunserver: type[DjangoRunserver] = DjangoRunserver
 if apps.is_installed("django.contrib.staticfiles"):
@@ -80,6 +81,8 @@ class Command(BaseRunserver):  # type: ignore[valid-type,misc]
         import uvicorn
 
         autoreload.raise_last_exception()
+        limits = uvicorn_options()  # the same server limits as manage.py serve
+        announce_server_options({"ws": ws, **limits})
         self.stdout.write("Performing system checks...\n\n")
         self.check(display_num_errors=True)
         self.check_migrations()
@@ -98,6 +101,6 @@ class Command(BaseRunserver):  # type: ignore[valid-type,misc]
             f"Quit the server with {'CTRL-BREAK' if sys.platform == 'win32' else 'CONTROL-C'}.\n"
         )
         config = uvicorn.Config(
-            application, host=self.addr, port=int(self.port), ws=ws, lifespan="on", log_level="info"
+            application, host=self.addr, port=int(self.port), ws=ws, lifespan="on", log_level="info", **limits
         )
         uvicorn.Server(config).run()
