@@ -203,6 +203,17 @@ async def test_malformed_json_closes_1007() -> None:
         assert "malformed JSON" in info.value.reason
 
 
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"x": -Infinity}'])
+async def test_nan_and_infinity_are_malformed_json(text: str) -> None:
+    """Python's json reads NaN and Infinity; JSON has neither, so they close with 1007 like any malformed frame."""
+    async with connect("/ws/json/") as ws:
+        await ws.send_text(text)
+        with pytest.raises(Disconnected) as info:
+            await ws.receive()
+        assert info.value.code == CloseCode.INVALID_DATA
+        assert "is not JSON" in info.value.reason
+
+
 async def test_malformed_json_can_be_caught() -> None:
     """A handler that catches InvalidMessage keeps the connection."""
     async with connect("/ws/caught/") as ws:

@@ -686,14 +686,20 @@ def _size(data: str | bytes) -> int:
     return len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_json(text: str) -> Any:
     """Decode a client's JSON text, raising ``InvalidMessage`` (1007) on malformed input.
 
     Nesting deeper than Python's recursion limit (``"[" * 32000``, a few dozen
     KB) is refused the same way: it is the client's fault, not a server error.
+    So are ``NaN`` and ``Infinity``, which Python's ``json`` accepts but JSON
+    does not: echoed back they could not be sent (``encode_json`` refuses them).
     """
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise InvalidMessage(f"malformed JSON: {exc}", CloseCode.INVALID_DATA) from None
     except RecursionError:
