@@ -12,6 +12,7 @@ import json
 import select
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -334,6 +335,10 @@ SHUTDOWN_CODES = {
     "daphne": 1006,  # daphne has no lifespan and drops the connections: no close frame
     "granian": 1006,  # granian drops the connections too
 }
+# On Python >= 3.12.1 hypercorn's shutdown awaits asyncio's Server.wait_closed(), which now waits for
+# every open connection (pgjones/hypercorn#308): it never reaches the lifespan shutdown while a socket is
+# open, so tether is never told, and the socket stays served until the client leaves.
+HYPERCORN_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
 
 
 @pytest.mark.parametrize("kind", list(SHUTDOWN_CODES))
@@ -344,6 +349,14 @@ async def test_shutdown_close_code_per_server(kind: str) -> None:
             await ws.send("ping")
             assert await ws.recv() == "pong!"  # open and served
             server.process.send_signal(signal.SIGTERM)
+            if kind == "hypercorn" and HYPERCORN_WAITS_FOR_CLIENTS:
+                await asyncio.sleep(GRACEFUL)  # past hypercorn's graceful timeout (3 s)
+                await ws.send("ping")  # the sentinel: still served, nobody closed it
+                assert await asyncio.wait_for(ws.recv(), 30) == "pong!"
+                assert server.process.poll() is None
+                await ws.close()
+                assert server.process.wait(30) == 0, server.log  # the client left: hypercorn exits
+                return
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 30)
         code = ws.close_code if ws.close_code is not None else 1006
