@@ -135,7 +135,14 @@ async def test_join_since_outside_the_window_or_epoch_is_not_recovered(backend: 
         assert (await joined(ws))["recovered"] is True
         got = [await ws.receive_json() for _ in range(5)]
         assert [m["data"]["n"] for m in got] == [3, 4, 5, 6, 7]
-    for top, since in enumerate((Position(2, epoch), Position(3, "another-epoch"), Position(99, epoch)), start=8):
+    stale = (
+        Position(2, epoch),
+        Position(3, "another-epoch"),
+        Position(99, epoch),
+        Position(-4, epoch),
+        Position(10**30, epoch),
+    )
+    for top, since in enumerate(stale, start=8):
         async with connect(url(group, since)) as ws:
             hello = await joined(ws)
             assert hello == {"recovered": False, "position": {"offset": top, "epoch": epoch}}
