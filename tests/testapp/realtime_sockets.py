@@ -1,0 +1,32 @@
+"""The realtime endpoint of the tests: who may subscribe and publish where."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether.realtime import RealtimeView
+
+
+class Realtime(RealtimeView):
+    """Anyone may subscribe to ``public.*`` and ``room.*`` and publish to ``public.*``; ``crash.*`` hooks raise."""
+
+    def can_subscribe(self, user: Any, group: str) -> bool:
+        if group.startswith("crash."):
+            raise RuntimeError("can_subscribe crashed")
+        return group.startswith(("public.", "room."))
+
+    def can_publish(self, user: Any, group: str, data: Any) -> bool:
+        return group.startswith("public.")
+
+    async def acan_publish(self, user: Any, group: str, data: Any) -> bool:
+        if group == "public.kick":  # the server ends a subscription: {"group": ...} says which
+            await self.end_subscription(data["group"], "kicked")
+            return False
+        return await super().acan_publish(user, group, data)
+
+
+class StaffRealtime(RealtimeView):
+    """Async hooks: only staff may subscribe, to anything."""
+
+    async def acan_subscribe(self, user: Any, group: str) -> bool:
+        return bool(user.is_staff)

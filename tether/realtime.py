@@ -1,0 +1,373 @@
+"""The realtime protocol ``tether.v1``: many groups over one socket, for tether.js and tether.client.
+
+A page opens one socket to a ``RealtimeView`` route and multiplexes groups
+over it with JSON commands; each command carries an ``id`` and gets exactly
+one reply, and the server pushes what happens in the subscribed groups::
+
+    -> {"id": 1, "type": "subscribe", "group": "chat.lobby"}
+    <- {"id": 1, "result": {"group": "chat.lobby", "position": null, "recovered": true}}
+    <- {"type": "message", "group": "chat.lobby", "data": {"text": "hi"}}
+    -> {"id": 2, "type": "ping"}
+    <- {"id": 2, "result": "pong"}
+
+The whole protocol, every error code included, is on docs/protocol.md. The
+view decides per user and group (``can_subscribe``/``can_publish`` and their
+async twins) and allows nothing by default. A bad command gets an error reply;
+it never closes the socket (only the transport limits of ``tether.limits``
+do). Commands run one at a time in arrival order, in a task of their own, so
+a slow command (a subscribe while the broker is down) never delays a ``ping``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.utils.encoding import escape_uri_path
+
+from ._types import Frame
+from .codes import CloseCode
+from .conf import get_setting
+from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState
+from .groups import user_group, validate_group
+from .publish import broadcast
+from .views import SocketView
+from .websocket import decode_json, encode_json
+
+if TYPE_CHECKING:
+    from ._types import User
+
+__all__ = ["PROTOCOL", "ErrorCode", "ProtocolError", "RealtimeView", "message_frame"]
+
+logger = logging.getLogger("tether.realtime")
+
+PROTOCOL = "tether.v1"
+"""The subprotocol a client offers and the server selects; a new incompatible version gets a new name."""
+
+MAX_QUEUED_COMMANDS = 1000
+"""Commands waiting for their turn on one connection; past this, a command is answered ``rate_limited``."""
+
+
+class ErrorCode:
+    """The ``error.code`` strings of replies (docs/protocol.md lists when each is sent)."""
+
+    BAD_REQUEST = "bad_request"  # not JSON, not an object, a field missing or of the wrong type
+    UNKNOWN_COMMAND = "unknown_command"
+    INVALID_GROUP = "invalid_group"
+    FORBIDDEN = "forbidden"  # can_subscribe / can_publish said no
+    NOT_SUBSCRIBED = "not_subscribed"  # history or presence of a group the connection did not subscribe to
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    RATE_LIMITED = "rate_limited"
+    TOO_LARGE = "too_large"
+    NO_HISTORY = "no_history"  # the group keeps no history (TETHER["GROUPS"])
+    NO_PRESENCE = "no_presence"  # the group has no presence (TETHER["GROUPS"])
+    UNAVAILABLE = "unavailable"  # the broker is unreachable: try again
+    INTERNAL = "internal"  # a hook raised; the server logged it
+
+
+class ProtocolError(Exception):
+    """Raised by a command to answer it with an error reply (``code`` is an ``ErrorCode``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- frames ------------------------------------------------------------------
+
+_wrapped: dict[str, tuple[Frame, str]] = {}  # group -> (last frame, its message push): one encoding per process
+_MAX_WRAPPED = 1024
+
+
+def message_frame(group: str, frame: Frame, position: Any = None) -> str:
+    """The ``message`` push for one group message, as JSON text.
+
+    A JSON frame (what ``broadcast`` makes of a dict or list) is spliced in as
+    it is, not decoded and encoded again; other text becomes a JSON string and
+    bytes a base64 string with ``"encoding": "base64"``. Every subscriber of a
+    process gets the same frame object, so the push is built once per message
+    and process, not once per socket.
+    """
+    cached = _wrapped.get(group)
+    if cached is not None and cached[0] is frame and position is None:
+        return cached[1]
+    head = '{"type":"message","group":' + json.dumps(group, ensure_ascii=False)
+    if position is not None:
+        head += ',"position":' + encode_json(position)
+    if isinstance(frame, str):
+        if frame[:1] in ("{", "[") and _is_json(frame):
+            text = head + ',"data":' + frame + "}"
+        else:
+            text = head + ',"data":' + json.dumps(frame, ensure_ascii=False) + "}"
+    else:
+        text = head + ',"data":"' + base64.b64encode(frame).decode("ascii") + '","encoding":"base64"}'
+    if position is None:
+        if len(_wrapped) >= _MAX_WRAPPED:
+            _wrapped.clear()
+        _wrapped[group] = (frame, text)
+    return text
+
+
+def _is_json(text: str) -> bool:
+    """Whether ``text`` is one JSON value (a ``str`` broadcast may merely look like one)."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+# -- the view ------------------------------------------------------------------
+
+
+class RealtimeView(SocketView):
+    """The ``tether.v1`` endpoint: ``websocket("ws/", MyRealtime.as_handler(), name="realtime")``.
+
+    Subclass it and allow what your users may do: override ``can_subscribe``
+    and ``can_publish`` (plain checks on the user and the group name, run on
+    the event loop), or their async twins ``acan_subscribe``/``acan_publish``
+    when the answer needs the database. By default nothing is allowed except
+    subscribing to the user's own ``user_group`` (tether puts every
+    authenticated socket in it; subscribing is what forwards its messages).
+
+    Limits (``TETHER`` settings, read per connection): ``MAX_SUBSCRIPTIONS``,
+    ``COMMAND_RATE``/``COMMAND_BURST`` and ``MAX_COMMAND_SIZE``. A client that
+    doesn't offer the subprotocol ``tether.v1`` is refused (1002, HTTP 400).
+    """
+
+    protocol: ClassVar[str] = PROTOCOL
+
+    def __init__(self, socket: Any, **initkwargs: Any) -> None:
+        super().__init__(socket, **initkwargs)
+        self.subscriptions: set[str] = set()
+        self.max_subscriptions = int(get_setting("MAX_SUBSCRIPTIONS"))
+        self.max_command_size: int | None = get_setting("MAX_COMMAND_SIZE")
+        rate = get_setting("COMMAND_RATE")
+        self._rate: float | None = float(rate) if rate else None
+        burst = get_setting("COMMAND_BURST")
+        self._burst = float(burst if burst is not None else max(2 * (self._rate or 0), 1.0))
+        self._tokens = self._burst
+        self._refilled = time.monotonic()
+        self._commands: asyncio.Queue[tuple[Any, Callable[[], Awaitable[Any]]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    # -- permissions: override these ----------------------------------------
+
+    def can_subscribe(self, user: User, group: str) -> bool:
+        """Whether ``user`` may subscribe to ``group``. Default: no. Runs on the event loop: no DB here."""
+        return False
+
+    def can_publish(self, user: User, group: str, data: Any) -> bool:
+        """Whether ``user`` may publish ``data`` to ``group``. Default: no. Runs on the event loop."""
+        return False
+
+    async def acan_subscribe(self, user: User, group: str) -> bool:
+        """The async twin of ``can_subscribe`` (which it calls by default); override it to query the DB."""
+        return self.can_subscribe(user, group)
+
+    async def acan_publish(self, user: User, group: str, data: Any) -> bool:
+        """The async twin of ``can_publish`` (which it calls by default); override it to query the DB."""
+        return self.can_publish(user, group, data)
+
+    # -- the connection --------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Accept with ``tether.v1`` selected; refuse a client that doesn't speak it."""
+        if self.protocol not in self.socket.subprotocols:
+            logger.warning(
+                "Refused websocket %s: the client did not offer the subprotocol %s (closed %d)",
+                escape_uri_path(self.socket.path),
+                self.protocol,
+                CloseCode.PROTOCOL_ERROR,
+            )
+            await self.socket.deny(CloseCode.PROTOCOL_ERROR, f"offer the subprotocol {self.protocol}", status=400)
+            return
+        await self.accept(self.protocol)
+
+    async def disconnect(self, code: int) -> None:
+        """Stop the command worker; the hub drops the memberships by itself."""
+        if self._worker is not None:
+            self._worker.cancel()
+
+    async def group_message(self, group: str, message: Frame) -> Frame | None:
+        """Wrap a message of a subscribed group as a ``message`` push; drop the others."""
+        if group not in self.subscriptions:
+            return None
+        return message_frame(group, message)
+
+    async def end_subscription(self, group: str, reason: str = "") -> None:
+        """End the client's subscription to ``group`` from the server (e.g. permission revoked).
+
+        The client gets an ``unsubscribed`` push with ``reason``. Idempotent:
+        nothing is sent for a group it isn't subscribed to.
+        """
+        if group not in self.subscriptions:
+            return
+        self.subscriptions.discard(group)
+        await self.leave(group)
+        await self._send({"type": "unsubscribed", "group": group, "reason": reason})
+
+    # -- commands ----------------------------------------------------------------
+
+    async def receive_bytes(self, data: bytes) -> None:
+        """Binary frames are not commands: answered with ``bad_request``."""
+        await self._error(None, ErrorCode.BAD_REQUEST, "commands are JSON text frames, not binary")
+
+    async def receive(self, text: str) -> None:
+        """Parse one command, answer ``ping`` at once, queue the others for the worker."""
+        try:
+            command = decode_json(text)
+        except InvalidMessage as exc:
+            await self._error(None, ErrorCode.BAD_REQUEST, str(exc))
+            return
+        if not isinstance(command, dict):
+            await self._error(None, ErrorCode.BAD_REQUEST, "a command is a JSON object")
+            return
+        ident = command.get("id")
+        if not (isinstance(ident, int) and not isinstance(ident, bool)) and not (
+            isinstance(ident, str) and len(ident) <= 64
+        ):
+            await self._error(None, ErrorCode.BAD_REQUEST, "a command needs an id: an integer or a short string")
+            return
+        kind = command.get("type")
+        if kind == "ping":  # never rate limited, never queued: heartbeats must not wait for work
+            await self._send({"id": ident, "result": "pong"})
+            return
+        run = self._handlers.get(kind) if isinstance(kind, str) else None
+        if run is None:
+            await self._error(ident, ErrorCode.UNKNOWN_COMMAND, f"unknown command type {kind!r}")
+            return
+        if self.max_command_size is not None and len(text) * 4 > self.max_command_size:
+            size = _size(text)
+            if size > self.max_command_size:
+                await self._error(
+                    ident, ErrorCode.TOO_LARGE, f"the command is {size} bytes; the limit is {self.max_command_size}"
+                )
+                return
+        if not self._take_token() or self._commands.qsize() >= MAX_QUEUED_COMMANDS:
+            await self._error(ident, ErrorCode.RATE_LIMITED, "too many commands; slow down")
+            return
+        self._commands.put_nowait((ident, lambda: run(self, command)))
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="tether-realtime-commands")
+
+    def _take_token(self) -> bool:
+        if self._rate is None:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    async def _work(self) -> None:
+        """Run queued commands one at a time, in arrival order, answering each."""
+        try:
+            while True:
+                ident, run = await self._commands.get()
+                try:
+                    result = await run()
+                except ProtocolError as exc:
+                    await self._error(ident, exc.code, exc.message)
+                except InvalidGroup as exc:
+                    await self._error(ident, ErrorCode.INVALID_GROUP, str(exc))
+                except BackendUnavailable as exc:
+                    await self._error(ident, ErrorCode.UNAVAILABLE, f"the broker is unreachable: {exc}")
+                except (Disconnected, InvalidState):
+                    return
+                except Exception:
+                    logger.exception("Command %r on websocket %s raised", ident, escape_uri_path(self.socket.path))
+                    await self._error(ident, ErrorCode.INTERNAL, "the server failed to run the command")
+                else:
+                    await self._send({"id": ident, "result": result})
+        except (Disconnected, InvalidState):
+            return
+
+    async def _send(self, reply: Any) -> None:
+        await self.socket.send_text(encode_json(reply))
+
+    async def _error(self, ident: Any, code: str, message: str) -> None:
+        await self._send({"id": ident, "error": {"code": code, "message": message}})
+
+    @staticmethod
+    def _group(command: dict[str, Any]) -> str:
+        group = command.get("group")
+        if not isinstance(group, str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "the command needs a group (a string)")
+        return validate_group(group)
+
+    def _may_subscribe_own(self, group: str) -> bool:
+        user = self.user
+        return bool(user.is_authenticated) and group == user_group(user)
+
+    async def _subscribe(self, command: dict[str, Any]) -> Any:
+        group = self._group(command)
+        since = command.get("since")
+        if since is not None and not isinstance(since, dict):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "since is a position: {offset, epoch}")
+        if group not in self.subscriptions:
+            if len(self.subscriptions) >= self.max_subscriptions:
+                raise ProtocolError(
+                    ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                    f"a connection may subscribe to {self.max_subscriptions} groups (TETHER['MAX_SUBSCRIPTIONS'])",
+                )
+            if not (self._may_subscribe_own(group) or await self.acan_subscribe(self.user, group)):
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {group!r}")
+            self.subscriptions.add(group)  # before the join: what arrives once it is in place goes out
+            try:
+                await self.join(group)
+            except BaseException:
+                self.subscriptions.discard(group)
+                raise
+        return {"group": group, "position": None, "recovered": since is None}
+
+    async def _unsubscribe(self, command: dict[str, Any]) -> Any:
+        group = self._group(command)
+        if group in self.subscriptions:
+            self.subscriptions.discard(group)
+            await self.leave(group)
+        return {"group": group}
+
+    async def _publish(self, command: dict[str, Any]) -> Any:
+        group = self._group(command)
+        if "data" not in command:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "publish needs data")
+        data = command["data"]
+        if not isinstance(data, (dict, list, str)):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "publish data is an object, an array or a string")
+        if not await self.acan_publish(self.user, group, data):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to publish to {group!r}")
+        await broadcast(group, data)
+        return {"group": group, "position": None}
+
+    async def _history(self, command: dict[str, Any]) -> Any:
+        group = self._group(command)
+        if group not in self.subscriptions:
+            raise ProtocolError(ErrorCode.NOT_SUBSCRIBED, f"subscribe to {group!r} first")
+        raise ProtocolError(ErrorCode.NO_HISTORY, f"group {group!r} keeps no history (TETHER['GROUPS'])")
+
+    async def _presence(self, command: dict[str, Any]) -> Any:
+        group = self._group(command)
+        if group not in self.subscriptions:
+            raise ProtocolError(ErrorCode.NOT_SUBSCRIBED, f"subscribe to {group!r} first")
+        raise ProtocolError(ErrorCode.NO_PRESENCE, f"group {group!r} has no presence (TETHER['GROUPS'])")
+
+    _handlers: ClassVar[dict[str, Callable[[RealtimeView, dict[str, Any]], Awaitable[Any]]]] = {
+        "subscribe": _subscribe,
+        "unsubscribe": _unsubscribe,
+        "publish": _publish,
+        "history": _history,
+        "presence": _presence,
+    }
