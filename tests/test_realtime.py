@@ -298,3 +298,10 @@ async def test_commands_run_in_order_and_ping_does_not_wait() -> None:
             assert client.pushes == []
     finally:
         realtime_sockets.Realtime.acan_subscribe = original  # type: ignore[method-assign]
+
+
+async def test_a_guard_refuses_after_the_handshake() -> None:
+    """@login_required on a RealtimeView: accepted then closed with 4401, which a browser can read."""
+    async with connect("/ws/realtime/private/", subprotocols=[PROTOCOL]) as ws:
+        assert ws.subprotocol == PROTOCOL
+        assert await ws.wait_closed() == CloseCode.UNAUTHORIZED

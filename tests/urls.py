@@ -59,6 +59,7 @@ urlpatterns = [
     websocket("ws/auth/me/", sockets.me, name="me"),
     websocket("ws/realtime/", realtime_sockets.Realtime.as_handler(), name="realtime"),
     websocket("ws/realtime/staff/", realtime_sockets.StaffRealtime.as_handler(), name="realtime-staff"),
+    websocket("ws/realtime/private/", realtime_sockets.PrivateRealtime.as_handler(), name="realtime-private"),
     path("tether/token/", token_view, name="tether-token"),
     path("accounts/logout/", LogoutView.as_view(next_page="/"), name="logout"),
     path("accounts/password_change/", PasswordChangeView.as_view(success_url="/"), name="password_change"),

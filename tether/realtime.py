@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import time
@@ -31,13 +32,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from django.utils.encoding import escape_uri_path
 
 from ._types import Frame
+from .auth import user_id
 from .codes import CloseCode
 from .conf import get_setting
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState
 from .groups import user_group, validate_group
 from .publish import broadcast
+from .urls import Handler
 from .views import SocketView
-from .websocket import decode_json, encode_json
+from .websocket import WebSocket, decode_json, encode_json
 
 if TYPE_CHECKING:
     from ._types import User
@@ -147,7 +150,7 @@ class RealtimeView(SocketView):
 
     protocol: ClassVar[str] = PROTOCOL
 
-    def __init__(self, socket: Any, **initkwargs: Any) -> None:
+    def __init__(self, socket: WebSocket, **initkwargs: Any) -> None:
         super().__init__(socket, **initkwargs)
         self.subscriptions: set[str] = set()
         self.max_subscriptions = int(get_setting("MAX_SUBSCRIPTIONS"))
@@ -160,6 +163,45 @@ class RealtimeView(SocketView):
         self._refilled = time.monotonic()
         self._commands: asyncio.Queue[tuple[Any, Callable[[], Awaitable[Any]]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+
+    @classmethod
+    def as_handler(cls, **initkwargs: Any) -> Handler:
+        """The handler to route; guards (``@login_required``...) refuse *after* the handshake here.
+
+        A browser can't read the status of a refused handshake (it sees 1006),
+        so on this endpoint a guard's refusal is an accepted connection closed
+        at once with the guard's code (4401, 4403): tether.js reads it and
+        stops reconnecting.
+        """
+        guards, cls.guards = cls.guards, ()
+        try:
+            handler = super().as_handler(**initkwargs)
+        finally:
+            cls.guards = guards
+        if not guards:
+            return handler
+
+        async def guarded(socket: WebSocket) -> None:
+            for guard in guards:
+                refusal = await guard(socket)
+                if refusal is not None:
+                    code, reason = refusal
+                    logger.warning(
+                        "Refused websocket %s for user %s: %s (closed %d after the handshake)",
+                        escape_uri_path(socket.path),
+                        user_id(socket),
+                        reason,
+                        code,
+                    )
+                    if cls.protocol in socket.subprotocols:
+                        await socket.accept(cls.protocol)
+                    await socket.close(code, reason)
+                    return
+            await handler(socket)
+
+        functools.update_wrapper(guarded, handler)
+        guarded.view_class = cls  # type: ignore[attr-defined]
+        return guarded
 
     # -- permissions: override these ----------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tether import login_required
 from tether.realtime import RealtimeView
 
 
@@ -30,3 +31,8 @@ class StaffRealtime(RealtimeView):
 
     async def acan_subscribe(self, user: Any, group: str) -> bool:
         return bool(user.is_staff)
+
+
+@login_required
+class PrivateRealtime(Realtime):
+    """Logged-in users only: an anonymous client is accepted, then closed with 4401."""
