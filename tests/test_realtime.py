@@ -10,9 +10,13 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles import finders
+from django.template import engines
 from django.test import override_settings
 
+from tests.testapp import realtime_sockets
 from tether import CloseCode, broadcast, broadcast_sync, user_group
 from tether.hub import stop_hub
 from tether.realtime import PROTOCOL, message_frame
@@ -275,8 +279,6 @@ async def test_commands_run_in_order_and_ping_does_not_wait() -> None:
     """Commands are answered in order; a ping sent behind a slow command is answered before it."""
     group = new_group()
     gate = asyncio.Event()
-    from tests.testapp import realtime_sockets
-
     original = realtime_sockets.Realtime.acan_subscribe
 
     async def slow(self: Any, user: Any, group: str) -> bool:
@@ -305,3 +307,13 @@ async def test_a_guard_refuses_after_the_handshake() -> None:
     async with connect("/ws/realtime/private/", subprotocols=[PROTOCOL]) as ws:
         assert ws.subprotocol == PROTOCOL
         assert await ws.wait_closed() == CloseCode.UNAUTHORIZED
+
+
+def test_tether_js_is_served_by_staticfiles() -> None:
+    """{% static "tether/tether.js" %} resolves: the app's static directory holds tether.js and its types."""
+    installed = ["django.contrib.staticfiles", *settings.INSTALLED_APPS]
+    with override_settings(INSTALLED_APPS=installed, STATIC_URL="/static/"):
+        for name in ("tether/tether.js", "tether/tether.d.ts"):
+            assert finders.find(name), name
+        html = engines["django"].from_string('{% load static %}{% static "tether/tether.js" %}').render({})
+        assert html == "/static/tether/tether.js"

@@ -236,7 +236,11 @@ export class Tether {
     ws.onclose = (event) => {
       if (ws === this._ws) this._lost({ code: event.code, reason: event.reason || "connection closed" });
     };
-    ws.onerror = () => {}; // a close event follows
+    ws.onerror = () => {
+      // Browsers follow an error with a close event; Node 20's WebSocket doesn't when the connection
+      // fails, so a failed attempt is taken as lost here (the close event after it is then ignored).
+      if (ws === this._ws && ws.readyState !== 1) this._lost({ code: 1006, reason: "connection failed" });
+    };
   }
 
   _lost({ code, reason }) {
