@@ -4,7 +4,8 @@ from .codes import CloseCode
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState, TetherError
 from .groups import user_group
 from .guards import login_required, permission_required, require
-from .publish import broadcast, broadcast_on_commit, broadcast_sync
+from .positions import HistoryMessage, HistoryPage, JoinResult, Position
+from .publish import broadcast, broadcast_on_commit, broadcast_sync, history, history_sync
 from .revocation import aclose_user_sockets, close_user_sockets
 from .views import SocketView
 from .websocket import ConnectionState, WebSocket
@@ -14,9 +15,13 @@ __all__ = [
     "CloseCode",
     "ConnectionState",
     "Disconnected",
+    "HistoryMessage",
+    "HistoryPage",
     "InvalidGroup",
     "InvalidMessage",
     "InvalidState",
+    "JoinResult",
+    "Position",
     "SocketView",
     "TetherError",
     "WebSocket",
@@ -25,6 +30,8 @@ __all__ = [
     "broadcast_on_commit",
     "broadcast_sync",
     "close_user_sockets",
+    "history",
+    "history_sync",
     "login_required",
     "permission_required",
     "require",

@@ -9,6 +9,7 @@ tether.W003    ``tether`` missing from INSTALLED_APPS                      at st
 tether.W004    the project's ``asgi.py`` does not use tether               ``check``
 tether.W005    an unknown key in the ``TETHER`` setting (a typo)           ``check``
 tether.W006    ``django.contrib.staticfiles`` listed before ``tether``     ``check``
+tether.E030    a malformed ``TETHER["GROUPS"]`` (history settings)         ``check``
 tether.W010    the memory backend with DEBUG off                           ``--deploy``
 tether.W011    Origin checking disabled                                    ``--deploy``
 tether.W014    a bare wildcard among the trusted origins                   ``--deploy``
@@ -42,12 +43,15 @@ from typing import Any
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from .conf import DEFAULTS, get_setting
+from .positions import parse_groups
 from .server import asgi_module_name, running_server_options
 
 __all__ = [
     "check_asgi_module",
+    "check_groups",
     "check_installed",
     "check_memory_backend_in_deployment",
     "check_origin_checking",
@@ -162,6 +166,16 @@ def check_settings_keys(app_configs: Sequence[AppConfig] | None = None, **kwargs
             id="tether.W005",
         )
     ]
+
+
+@register("tether")
+def check_groups(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """tether.E030: ``TETHER["GROUPS"]`` must parse, or the first broadcast to any group would fail."""
+    try:
+        parse_groups(get_setting("GROUPS"))
+    except ImproperlyConfigured as exc:
+        return [Error(f"{exc}. Fix: see the 'Delivery guarantees' page of the docs.", id="tether.E030")]
+    return []
 
 
 @register("tether")

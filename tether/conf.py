@@ -16,6 +16,10 @@ DEFAULTS: dict[str, Any] = {
     # frames shared by all members, so a thousand costs little and absorbs a burst.
     "QUEUE_SIZE": 1000,
     "OVERFLOW": "close",  # or "drop_oldest", "drop_newest" (see tether.hub)
+    # Groups that keep a history, by fnmatch pattern: {"chat.*": {"history": 500, "history_ttl": 3600}}
+    # keeps each chat group's last 500 messages, none older than an hour (tether.positions). Others are
+    # live-only.
+    "GROUPS": {},
     # -- Origin check (tether.security) --
     # Refuse handshakes whose Origin matches neither ALLOWED_HOSTS nor CSRF_TRUSTED_ORIGINS:
     # the defence against Cross-Site WebSocket Hijacking. Turn off only behind a proxy that checks it.

@@ -18,6 +18,16 @@ client delays no one but itself. When its queue is full,
 
 Every message dropped adds to ``Hub.dropped_messages``. Publishing lives in
 ``tether.publish``, which uses only this module's public surface.
+
+Groups with history (``TETHER["GROUPS"]``, see ``tether.positions``) arrive
+with a position, and the hub hands them to its members strictly in offset
+order (``_Stream``): a duplicate is dropped, and a gap (a message that got
+ahead of one lost while the broker connection was down) holds the later ones
+back while the missing ones are read from the stream. After the backend
+reconnects, every such group is read from its last offset, so sockets see no
+gap the window covers. ``join(group, since=position)`` buffers the group's
+live messages for the new member while it reads the stream after ``since``,
+then sends those and the buffered ones without overlap.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from .codes import CloseCode
 from .conf import get_setting
 from .exceptions import BackendUnavailable, InvalidState
 from .groups import user_group, validate_group
+from .positions import HistoryPage, JoinResult, Position, Retention, Window, retention_for
 from .websocket import ConnectionState, WebSocket
 
 __all__ = [
@@ -59,23 +70,46 @@ OVERFLOW_POLICIES = ("close", "drop_oldest", "drop_newest")
 Watcher = Callable[[str, Frame], None]
 """A process-level listener of a group (``Hub.watch``): called with ``(group, frame)`` on the hub's loop."""
 
+Item = tuple[str, Frame, "Position | None"]  # one delivery: group, frame, position (history groups)
+
+BACKFILL_BATCH = 500  # entries read per round trip when the hub or a joining socket catches up
+
+
+class _Stream:
+    """This process's place in one history group's stream: what it handed to its members so far."""
+
+    __slots__ = ("epoch", "filling", "last", "pending", "retention")
+
+    def __init__(self, retention: Retention) -> None:
+        self.retention = retention
+        self.epoch: str | None = None
+        self.last: int | None = None  # newest offset handed to local members, in order
+        self.pending: dict[int, tuple[Frame, Position]] = {}  # arrived after a gap, held until it is filled
+        self.filling = False  # a backfill task reads the stream
+
 
 class _Member:
     """One socket's side of the hub: its groups, its outbound queue and its writer task."""
 
-    __slots__ = ("dropped", "groups", "hub", "queue", "socket", "task", "waiter")
+    __slots__ = ("buffers", "dropped", "floors", "groups", "hub", "queue", "socket", "task", "waiter")
 
     def __init__(self, hub: Hub, socket: WebSocket) -> None:
         self.hub = hub
         self.socket = socket
         self.groups: set[str] = set()
-        self.queue: deque[tuple[str, Frame]] = deque()
+        self.queue: deque[Item] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.dropped = 0
+        # history groups being joined: their live messages wait here while the stream is read
+        self.buffers: dict[str, list[Item]] | None = None
+        # history groups whose offsets up to the floor this socket has (from the stream): skip those
+        self.floors: dict[str, int] | None = None
         self.task = hub.loop.create_task(self._write(), name=f"tether-writer {socket.path}")
 
-    def offer(self, item: tuple[str, Frame]) -> None:
+    def offer(self, item: Item) -> None:
         """Queue one delivery without ever waiting; a full queue applies the overflow policy."""
+        if item[2] is not None and (self.buffers is not None or self.floors is not None) and self._held(item):
+            return
         queue = self.queue
         hub = self.hub
         size = len(queue)
@@ -100,6 +134,36 @@ class _Member:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _held(self, item: Item) -> bool:
+        """Whether a history message is buffered (the group is being joined) or one this socket has."""
+        group, _, position = item
+        assert position is not None
+        if self.buffers is not None:
+            buffer = self.buffers.get(group)
+            if buffer is not None:
+                buffer.append(item)
+                return True
+        if self.floors is not None:
+            floor = self.floors.get(group)
+            if floor is not None:
+                if position.offset <= floor:
+                    return True
+                del self.floors[group]  # past it: from here on the hub's order is this socket's
+                if not self.floors:
+                    self.floors = None
+        return False
+
+    def forget(self, group: str) -> None:
+        """Drop ``group``'s buffer and floor (the socket left it)."""
+        if self.buffers is not None:
+            self.buffers.pop(group, None)
+            if not self.buffers:
+                self.buffers = None
+        if self.floors is not None:
+            self.floors.pop(group, None)
+            if not self.floors:
+                self.floors = None
+
     async def _write(self) -> None:
         """Drain the queue into the socket, in order, until the socket closes."""
         socket = self.socket
@@ -113,10 +177,10 @@ class _Member:
                     if socket.connection_state is ConnectionState.CONNECTING and not await socket.wait_open():
                         return  # refused or closed before accept(): nothing goes out
                     while queue:
-                        group, frame = popleft()
+                        group, frame, position = popleft()
                         hook = socket.group_hook
                         if hook is not None:
-                            transformed = await hook(group, frame)
+                            transformed = await hook(group, frame, position)
                             if transformed is None:
                                 continue
                             frame = transformed
@@ -144,6 +208,7 @@ class Hub:
         self.loop = loop
         self.backend = backend if backend is not None else load_backend(self._deliver)
         self.backend.deliver = self._deliver
+        self.backend.reconnected = self._reconnected
         self.queue_size = int(get_setting("QUEUE_SIZE"))
         if self.queue_size < 1:
             raise ValueError(f"TETHER['QUEUE_SIZE'] must be at least 1, got {self.queue_size}")
@@ -158,6 +223,8 @@ class Hub:
         self.published = 0
         self._fanout: dict[str, tuple[_Member, ...]] = {}  # snapshot per group, rebuilt on change
         self._watchers: dict[str, list[Watcher]] = {}  # process-level listeners per group (watch())
+        self._streams: dict[str, _Stream] = {}  # history groups this process subscribes to
+        self.gaps = 0  # history messages lost to this process because the window no longer held them
         self._subscribed: set[str] = set()  # groups the backend confirmed (or will make on reconnect)
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per group: lock, [tasks using it]
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -199,12 +266,17 @@ class Hub:
 
     # -- membership -------------------------------------------------------
 
-    async def join(self, socket: WebSocket, group: str) -> None:
+    async def join(self, socket: WebSocket, group: str, since: Position | None = None) -> JoinResult:
         """Add ``socket`` to ``group``; returns once the backend delivers it. Idempotent.
 
+        For a group with history, ``since`` (a position the client saw) first
+        sends every later message the window holds, in order, then the live
+        ones, without gap or overlap; the result says whether that was all of
+        them (``recovered``) and where the socket stands (``position``).
         Raises ``InvalidGroup`` for a bad name and ``InvalidState`` on a closed
         socket. If the broker is down, the membership is kept (the backend
-        makes it when the broker is back) and a warning logged.
+        makes it when the broker is back) and a warning logged; a history
+        group's read then raises ``BackendUnavailable``.
         """
         validate_group(group)
         if self.stopped:
@@ -212,15 +284,69 @@ class Hub:
         state = socket.connection_state
         if state is ConnectionState.CLOSING or state is ConnectionState.CLOSED:
             raise InvalidState(f"join({group!r}) on a closed socket")
+        retention = retention_for(group)
         member = self.members.get(socket)
         if member is None:
             member = self.members[socket] = _Member(self, socket)
-        if group not in member.groups:
+        joined = group in member.groups
+        if not joined:
             member.groups.add(group)
             self.groups.setdefault(group, {})[member] = None
             self._fanout[group] = tuple(self.groups[group])
-        if group not in self._subscribed:
-            await self._reconcile(group)  # a concurrent joiner waits here for the same subscription
+            if retention is not None:
+                if member.buffers is None:
+                    member.buffers = {}
+                member.buffers[group] = []  # live messages wait until the stream is read
+        try:
+            if group not in self._subscribed:
+                await self._reconcile(group)  # a concurrent joiner waits here for the same subscription
+            if retention is None:
+                return JoinResult()
+            if joined:
+                stream = self._streams.get(group)
+                known = stream is not None and stream.epoch is not None and stream.last is not None
+                return JoinResult(False, Position(stream.last, stream.epoch) if known else None)  # type: ignore[union-attr,arg-type]
+            window = await self.backend.read(
+                group, None if since is None else since.offset, 0 if since is None else retention.size, retention
+            )
+        except BaseException:
+            if not joined and member.buffers is not None and group in member.buffers:
+                self._release(member, group, None)
+            raise
+        return self._release(member, group, (window, since))
+
+    def _release(self, member: _Member, group: str, read: tuple[Window, Position | None] | None) -> JoinResult:
+        """End a history join: send what the stream read holds after ``since``, then the buffered live messages."""
+        buffered = member.buffers.pop(group, []) if member.buffers is not None else []
+        if member.buffers is not None and not member.buffers:
+            member.buffers = None
+        if group not in member.groups:
+            return JoinResult()
+        if read is None:  # the read failed: go on live, from whatever arrives
+            for item in buffered:
+                member.offer(item)
+            return JoinResult()
+        window, since = read
+        self._stream(group)  # exists from now on, so a reconnect reads the stream from this socket's floor
+        entries = window.entries
+        recovered = (
+            since is not None
+            and window.holds_after(since)
+            and (not entries or entries[0][0] == since.offset + 1)
+            and (entries[-1][0] if entries else since.offset) >= window.top
+        )
+        cursor = window.top
+        if recovered:
+            for offset, frame in entries:
+                member.offer((group, frame, Position(offset, window.epoch)))
+            if entries:
+                cursor = max(cursor, entries[-1][0])
+        if member.floors is None:
+            member.floors = {}
+        member.floors[group] = cursor
+        for item in buffered:
+            member.offer(item)
+        return JoinResult(recovered, Position(cursor, window.epoch))
 
     async def leave(self, socket: WebSocket, group: str) -> None:
         """Remove ``socket`` from ``group``. Idempotent: leaving a group not joined does nothing."""
@@ -229,6 +355,7 @@ class Hub:
         if member is None or group not in member.groups:
             return
         member.groups.discard(group)
+        member.forget(group)
         self._remove(member, group)
         await self._settle(group)
 
@@ -323,6 +450,7 @@ class Hub:
                     self._subscribed.add(group)  # only now: concurrent joiners wait on the lock until here
                 elif not wanted and group in self._subscribed:
                     self._subscribed.discard(group)
+                    self._streams.pop(group, None)
                     try:
                         await self.backend.unsubscribe(group)
                     except Exception:
@@ -345,17 +473,169 @@ class Hub:
 
     # -- messages ---------------------------------------------------------
 
-    async def publish(self, group: str, frame: Frame) -> None:
-        """Hand an encoded frame to the backend (which delivers it here too, if joined)."""
+    async def publish(self, group: str, frame: Frame) -> Position | None:
+        """Hand an encoded frame to the backend (which delivers it here too, if joined).
+
+        Returns the message's position in a group with history, else None.
+        """
         await self.start()
-        await self.backend.publish(group, frame)
+        retention = retention_for(group)
+        if retention is None:
+            await self.backend.publish(group, frame)
+            position = None
+        else:
+            position = await self.backend.append(group, frame, retention)
         self.published += 1
         if self.pressure:  # a publisher that never awaits anything else would fill every queue
             self.pressure = False
             await asyncio.sleep(0)
+        return position
 
-    def _deliver(self, group: str, frame: Frame) -> None:
-        """Called by the backend for each incoming frame: queue it for every local member."""
+    async def history(self, group: str, since: Position | None = None, limit: int = 50) -> HistoryPage:
+        """Up to ``limit`` stored messages of ``group``: the first ones after ``since``, or the last ones.
+
+        Raises ``ValueError`` for a group without history, ``BackendUnavailable``.
+        """
+        validate_group(group)
+        retention = retention_for(group)
+        if retention is None:
+            raise ValueError(f"group {group!r} keeps no history: add a pattern matching it to TETHER['GROUPS']")
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        await self.start()
+        window = await self.backend.read(group, None if since is None else since.offset, limit, retention)
+        return window.page(since)
+
+    def _stream(self, group: str) -> _Stream | None:
+        stream = self._streams.get(group)
+        if stream is None and group in self._subscribed:
+            retention = retention_for(group)
+            if retention is not None:
+                stream = self._streams[group] = _Stream(retention)
+        return stream
+
+    def _deliver(self, group: str, frame: Frame, position: Position | None = None) -> None:
+        """Called by the backend for each incoming frame: queue it for every local member.
+
+        A history message goes through its group's ``_Stream``: in offset order, once.
+        """
+        if position is not None:
+            stream = self._stream(group)
+            if stream is not None:
+                self._order(group, stream, frame, position)
+                return
+        self._fan_out(group, frame, position)
+
+    def _order(self, group: str, stream: _Stream, frame: Frame, position: Position) -> None:
+        if stream.epoch != position.epoch:
+            if stream.epoch is not None:
+                self._new_epoch(group, stream, position.epoch)
+            stream.epoch = position.epoch
+        if stream.last is None:
+            stream.last = self._baseline(group, position.offset - 1)
+        offset = position.offset
+        if offset <= stream.last:
+            return  # a duplicate (already read from the stream)
+        if stream.filling or offset > stream.last + 1:
+            stream.pending[offset] = (frame, position)
+            if not stream.filling:
+                self._backfill(group, stream)
+            return
+        stream.last = offset
+        self._fan_out(group, frame, position)
+
+    def _backfill(self, group: str, stream: _Stream) -> None:
+        stream.filling = True
+        self._spawn(self._fill(group, stream))
+
+    async def _fill(self, group: str, stream: _Stream) -> None:
+        """Read ``group``'s stream after the last offset handed out, until the gap is closed."""
+        try:
+            while self._streams.get(group) is stream and stream.last is not None:
+                try:
+                    window = await self.backend.read(group, stream.last, BACKFILL_BATCH, stream.retention)
+                except BackendUnavailable as exc:
+                    logger.warning("Reading the history of group %s failed (%s); will retry on reconnect", group, exc)
+                    return
+                if self._streams.get(group) is not stream or stream.last is None:
+                    return
+                if stream.epoch is None:
+                    stream.epoch = window.epoch
+                if window.epoch != stream.epoch:  # the stream was lost meanwhile: start over in the new one
+                    self._new_epoch(group, stream, window.epoch)
+                    continue
+                if window.first > stream.last + 1:
+                    lost = window.first - 1 - stream.last
+                    self.gaps += lost
+                    logger.warning(
+                        "%d message(s) of group %s are no longer in its history window; skipped", lost, group
+                    )
+                    stream.last = window.first - 1
+                for offset, frame in window.entries:
+                    if offset == stream.last + 1:
+                        stream.last = offset
+                        stream.pending.pop(offset, None)
+                        self._fan_out(group, frame, Position(offset, window.epoch))
+                self._drain(group, stream)
+                if not stream.pending and stream.last >= window.top:
+                    return
+                if not window.entries and stream.pending:  # the stream can't fill it: skip to what arrived
+                    skip_to = min(stream.pending)
+                    self.gaps += skip_to - 1 - stream.last
+                    logger.warning(
+                        "Messages %d-%d of group %s could not be read back; skipped",
+                        stream.last + 1,
+                        skip_to - 1,
+                        group,
+                    )
+                    stream.last = skip_to - 1
+                    self._drain(group, stream)
+                    if not stream.pending:
+                        return
+        finally:
+            stream.filling = False
+
+    def _drain(self, group: str, stream: _Stream) -> None:
+        """Hand out the held messages that follow the last one, and forget those already handed out."""
+        pending = stream.pending
+        assert stream.last is not None
+        while stream.last + 1 in pending:
+            stream.last += 1
+            frame, position = pending.pop(stream.last)
+            self._fan_out(group, frame, position)
+        for offset in [offset for offset in pending if offset <= stream.last]:
+            del pending[offset]
+
+    def _new_epoch(self, group: str, stream: _Stream, epoch: str) -> None:
+        """``group``'s stream was lost and a new one began: hand out the new one from its start."""
+        logger.warning("The history of group %s was lost (new epoch %s); going on with the new one", group, epoch)
+        for member in self._fanout.get(group, ()):
+            member.forget(group)
+        stream.epoch = epoch
+        stream.last = 0
+        stream.pending = {k: v for k, v in stream.pending.items() if v[1].epoch == epoch}
+
+    def _baseline(self, group: str, default: int) -> int:
+        """Where the hub starts handing out ``group``: the lowest offset its members already have.
+
+        The hub makes no claim of its own until the first message arrives (two
+        sockets may join at different tops); a member's floor is the top of the
+        stream read that joined it, so a gap after it is read back.
+        """
+        floors = [m.floors[group] for m in self._fanout.get(group, ()) if m.floors is not None and group in m.floors]
+        return min([default, *floors])
+
+    def _reconnected(self) -> None:
+        """The backend's listener is back: read each history group's stream from where this process stopped."""
+        for group, stream in self._streams.items():
+            if stream.last is None:
+                floors = self._baseline(group, -1)
+                if floors >= 0:
+                    stream.last = floors
+            if stream.last is not None and not stream.filling:
+                self._backfill(group, stream)
+
+    def _fan_out(self, group: str, frame: Frame, position: Position | None) -> None:
         watchers = self._watchers.get(group)
         if watchers is not None:
             for callback in watchers:
@@ -366,7 +646,7 @@ class Hub:
         members = self._fanout.get(group)
         if not members:
             return
-        item = (group, frame)
+        item = (group, frame, position)
         for member in members:
             member.offer(item)
 
@@ -390,6 +670,7 @@ class Hub:
         return {
             "groups": len(self.groups),
             "members": len(self.members),
+            "history_gaps": self.gaps,
             "published": self.published,
             "dropped_messages": self.dropped_messages,
             "tasks": len(self._tasks),

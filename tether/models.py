@@ -1,8 +1,14 @@
-"""The one table tether owns: payloads too big for a PostgreSQL NOTIFY.
+"""The tables tether owns, all used only by ``tether.backends.postgres``.
 
-Used only by ``tether.backends.postgres``: a message over NOTIFY's 8000-byte
-limit is stored here and the notification carries its id. Rows are pruned
-after ``OPTIONS["payload_ttl"]`` seconds. Other backends never touch it.
+- ``tether_payload``: a message over NOTIFY's 8000-byte limit is stored here
+  and the notification carries its id; rows are pruned after
+  ``OPTIONS["payload_ttl"]`` seconds.
+- ``tether_stream`` and ``tether_history``: the history of groups matching
+  ``TETHER["GROUPS"]``: one row per group with its epoch and newest offset
+  (locked while a message is appended, which is what makes offsets gap-free),
+  and one row per kept message.
+
+Other backends never touch them.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models.functions import Now
 
-__all__ = ["Payload"]
+__all__ = ["HistoryEntry", "Payload", "Stream"]
 
 
 class Payload(models.Model):
@@ -23,3 +29,34 @@ class Payload(models.Model):
 
     def __str__(self) -> str:
         return f"payload {self.pk} for {self.channel}"
+
+
+class Stream(models.Model):
+    """One group's stream: its epoch and the offset of its newest message."""
+
+    group_name = models.CharField(max_length=200, primary_key=True)
+    epoch = models.CharField(max_length=32)
+    top = models.BigIntegerField()
+
+    class Meta:
+        db_table = "tether_stream"
+
+    def __str__(self) -> str:
+        return f"stream {self.group_name} at {self.top} ({self.epoch})"
+
+
+class HistoryEntry(models.Model):
+    """One kept message of a group with history, at offset ``seq`` of epoch ``epoch``."""
+
+    pk = models.CompositePrimaryKey("group_name", "seq")
+    group_name = models.CharField(max_length=200)
+    seq = models.BigIntegerField()
+    epoch = models.CharField(max_length=32)
+    data = models.BinaryField()  # tether.backends.base.encode_payload(frame)
+    created = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "tether_history"
+
+    def __str__(self) -> str:
+        return f"message {self.seq} of {self.group_name}"

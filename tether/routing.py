@@ -44,6 +44,7 @@ from .conf import get_setting
 from .exceptions import Disconnected, InvalidState, InvalidToken
 from .hub import discard, get_hub, groups_of, join_user_group, leave
 from .limits import limit_receive
+from .positions import JoinResult, Position
 from .revocation import track_session, track_token, untrack, watch_revocations
 from .security import origin_refusal
 from .urls import Handler, get_handler
@@ -96,8 +97,8 @@ class _Services:
                 return anonymous_user()
         return user
 
-    async def join(self, socket: WebSocket, group: str) -> None:
-        await (await get_hub()).join(socket, group)
+    async def join(self, socket: WebSocket, group: str, since: Position | None = None) -> JoinResult:
+        return await (await get_hub()).join(socket, group, since)
 
     async def leave(self, socket: WebSocket, group: str) -> None:
         await leave(socket, group)

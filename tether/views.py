@@ -7,7 +7,9 @@ Override hooks, not loops: ``connect()`` decides the handshake, ``receive()`` /
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._types import Frame
@@ -15,6 +17,7 @@ from .closing import close_for_exception
 from .codes import CloseCode
 from .exceptions import InvalidMessage
 from .guards import Guard, run_guards
+from .positions import JoinResult, Position
 from .publish import broadcast
 from .urls import Handler
 from .websocket import ConnectionState, WebSocket, decode_json
@@ -43,7 +46,7 @@ class SocketView:
         for key, value in initkwargs.items():
             setattr(self, key, value)
         if type(self).group_message is not SocketView.group_message:
-            socket.group_hook = self.group_message  # the default costs nothing per delivery
+            socket.group_hook = _group_hook(self.group_message)  # the default costs nothing per delivery
 
     @classmethod
     def as_handler(cls, **initkwargs: Any) -> Handler:
@@ -101,26 +104,31 @@ class SocketView:
 
     # -- groups ------------------------------------------------------------
 
-    async def join(self, group: str) -> None:
-        """Receive ``group``'s broadcasts (see ``WebSocket.join``); idempotent."""
-        await self.socket.join(group)
+    async def join(self, group: str, since: Position | None = None) -> JoinResult:
+        """Receive ``group``'s broadcasts, first what was missed after ``since`` in a group with history
+        (see ``WebSocket.join``); idempotent."""
+        return await self.socket.join(group, since)
 
     async def leave(self, group: str) -> None:
         """Stop receiving ``group``'s broadcasts; idempotent."""
         await self.socket.leave(group)
 
-    async def broadcast(self, group: str, data: Any) -> None:
-        """Send ``data`` to every socket in ``group``, in every process (``tether.broadcast``)."""
-        await broadcast(group, data)
+    async def broadcast(self, group: str, data: Any) -> Position | None:
+        """Send ``data`` to every socket in ``group``, in every process (``tether.broadcast``);
+        returns its position in a group with history."""
+        return await broadcast(group, data)
 
-    async def group_message(self, group: str, message: Frame) -> Frame | None:
+    async def group_message(self, group: str, message: Frame, position: Position | None = None) -> Frame | None:
         """Called for each group message before it is sent to this connection.
 
         ``message`` is the frame as broadcast: ``str`` (JSON messages arrive as
-        their encoded text) or ``bytes``. Return what to send, or None to skip
-        it for this connection. The default sends it as is. Runs in the
-        socket's writer, so a slow hook delays only this socket; if it raises,
-        the socket closes with 1011.
+        their encoded text) or ``bytes``. ``position`` is its ``Position`` in a
+        group with history (None otherwise): send it along so the client can
+        rejoin with ``since``. An override may leave ``position`` out of its
+        signature (written before positions existed); it is then not passed.
+        Return what to send, or None to skip it for this connection. The
+        default sends it as is. Runs in the socket's writer, so a slow hook
+        delays only this socket; if it raises, the socket closes with 1011.
         """
         return message
 
@@ -167,3 +175,19 @@ class SocketView:
                 await self.disconnect(socket.close_code or CloseCode.ABNORMAL_CLOSURE)
             except Exception:
                 logger.exception("%s.disconnect() raised", type(self).__name__)
+
+
+def _group_hook(method: Callable[..., Awaitable[Frame | None]]) -> Callable[..., Awaitable[Frame | None]]:
+    """``method`` as a ``GroupHook``: called with the position if its signature takes one."""
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: assume the current one
+        return method
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return method
+
+    async def without_position(group: str, message: Frame, position: Position | None) -> Frame | None:
+        return await method(group, message)
+
+    return without_position

@@ -38,6 +38,7 @@ from django.utils.functional import cached_property
 from ._types import Frame, Message, Receive, Scope, Send, User
 from .codes import CloseCode
 from .exceptions import Disconnected, InvalidMessage, InvalidState
+from .positions import JoinResult, Position
 
 if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase
@@ -68,8 +69,13 @@ frame may never go out; tether releases the connection anyway after this long.
 TOKEN_SUBPROTOCOL_PREFIX = "bearer."
 """An offered subprotocol starting with this carries a token (``tether.auth``): never listed, never selectable."""
 
-GroupHook = Callable[[str, Frame], Awaitable[Frame | None]]
-"""Called with ``(group, frame)`` before a group message goes out; returns the frame to send, or None."""
+GroupHook = Callable[[str, Frame, Position | None], Awaitable[Frame | None]]
+"""Called with ``(group, frame, position)`` before a group message goes out; returns the frame to send, or None.
+
+``position`` is the message's ``Position`` in a group with history, else None.
+A function handler sets ``socket.group_hook`` to one; ``SocketView`` sets it
+to its ``group_message``.
+"""
 
 
 class ConnectionState(enum.Enum):
@@ -94,7 +100,7 @@ class Services(Protocol):
 
     async def user(self, socket: WebSocket) -> User: ...
 
-    async def join(self, socket: WebSocket, group: str) -> None: ...
+    async def join(self, socket: WebSocket, group: str, since: Position | None = None) -> JoinResult: ...
 
     async def leave(self, socket: WebSocket, group: str) -> None: ...
 
@@ -115,7 +121,7 @@ class _Unserved:
     async def user(self, socket: WebSocket) -> User:
         raise self._refuse("socket.auser()")
 
-    async def join(self, socket: WebSocket, group: str) -> None:
+    async def join(self, socket: WebSocket, group: str, since: Position | None = None) -> JoinResult:
         raise self._refuse("socket.join()")
 
     async def leave(self, socket: WebSocket, group: str) -> None:
@@ -269,14 +275,20 @@ class WebSocket:
         """The user if ``auser()`` resolved it already, else None (never does I/O; for log lines)."""
         return self._user
 
-    async def join(self, group: str) -> None:
+    async def join(self, group: str, since: Position | None = None) -> JoinResult:
         """Receive what is broadcast to ``group`` from now on; returns once delivery is in place. Idempotent.
 
-        Raises ``InvalidGroup`` for a bad name, ``InvalidState`` on a closed
-        socket. Membership ends by itself when the socket closes. Joining
-        before ``accept()`` is allowed: messages wait for the handshake.
+        In a group with history (``TETHER["GROUPS"]``), ``since`` (the last
+        position the client saw) first sends every later message the window
+        still holds, in order and once, then the live ones with no gap between;
+        ``result.recovered`` says whether nothing was lost, ``result.position``
+        is where the socket now stands (keep it to rejoin with). Raises
+        ``InvalidGroup`` for a bad name, ``InvalidState`` on a closed socket,
+        ``BackendUnavailable`` when a history group's stream can't be read.
+        Membership ends by itself when the socket closes. Joining before
+        ``accept()`` is allowed: messages wait for the handshake.
         """
-        await self._services.join(self, group)
+        return await self._services.join(self, group, since)
 
     async def leave(self, group: str) -> None:
         """Stop receiving ``group``'s messages. Idempotent; raises ``InvalidGroup`` for a bad name."""

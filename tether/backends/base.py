@@ -6,6 +6,13 @@ sends one, and every process subscribed to ``group`` gets it back through the
 is ``str`` (a text frame) or ``bytes`` (a binary frame); backends keep that
 kind across the wire (``encode_payload``/``decode_payload`` do it for bytes
 transports). Delivery is at-most-once and in publish order per publisher.
+
+History (groups matching ``TETHER["GROUPS"]``): ``append(group, frame,
+retention)`` stores the frame at the group's next offset and publishes it in
+one atomic step, and the frame is delivered as ``deliver(group, frame,
+position)``; ``read(group, after, limit, retention)`` returns a ``Window`` of
+what the stream holds. After its listener reconnects, a backend calls
+``self.reconnected()``, so the hub can backfill what it missed meanwhile.
 """
 
 from __future__ import annotations
@@ -16,18 +23,34 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from django.utils.module_loading import import_string
 
 from ..conf import get_setting
+from ..positions import Position, Retention, Window
 
-__all__ = ["Backend", "Deliver", "Frame", "decode_payload", "encode_payload", "load_backend"]
+__all__ = [
+    "Backend",
+    "Deliver",
+    "Frame",
+    "decode_message",
+    "decode_payload",
+    "encode_entry",
+    "encode_payload",
+    "load_backend",
+]
 
 Frame = str | bytes
-Deliver = Callable[[str, Frame], None]
 
-_TEXT, _BINARY = b"t", b"b"
+
+class Deliver(Protocol):
+    """The hub's callback: ``deliver(group, frame)`` for a live-only group, with the position for history."""
+
+    def __call__(self, group: str, frame: Frame, position: Position | None = None, /) -> None: ...
+
+
+_TEXT, _BINARY, _POSITIONED = b"t", b"b", b"p"
 
 
 def encode_payload(frame: Frame) -> bytes:
@@ -47,8 +70,31 @@ def decode_payload(payload: bytes) -> Frame:
     raise ValueError(f"not a tether payload (kind byte {kind!r})")
 
 
-def _no_delivery(group: str, frame: Frame) -> None:
+def encode_entry(position: Position, frame: Frame) -> bytes:
+    """A history message on the wire: ``p<offset> <epoch>\\n`` then ``encode_payload(frame)``."""
+    return b"%s%d %s\n%s" % (_POSITIONED, position.offset, position.epoch.encode(), encode_payload(frame))
+
+
+def decode_message(payload: bytes) -> tuple[Frame, Position | None]:
+    """The frame (and position, for a history message) that ``encode_payload``/``encode_entry`` made.
+
+    Raises ``ValueError`` on a payload that is neither.
+    """
+    if payload[:1] == _POSITIONED:
+        head, sep, rest = payload[1:].partition(b"\n")
+        offset, _, epoch = head.partition(b" ")
+        if not sep or not epoch:
+            raise ValueError("malformed positioned payload")
+        return decode_payload(rest), Position(int(offset), epoch.decode())
+    return decode_payload(payload), None
+
+
+def _no_delivery(group: str, frame: Frame, position: Position | None = None, /) -> None:
     """The ``deliver`` of a publish-only backend (it never subscribes)."""
+
+
+def _no_reconnect() -> None:
+    """The ``reconnected`` of a backend no hub listens to."""
 
 
 class Backend(ABC):
@@ -63,6 +109,7 @@ class Backend(ABC):
 
     def __init__(self, deliver: Deliver | None = None, **options: Any) -> None:
         self.deliver: Deliver = deliver or _no_delivery
+        self.reconnected: Callable[[], None] = _no_reconnect  # the hub sets it to backfill its history groups
         self.options = options
 
     @abstractmethod
@@ -93,6 +140,32 @@ class Backend(ABC):
 
         Raises ``BackendUnavailable`` when the broker can't take it: then nothing was sent.
         """
+
+    def publish_in_transaction(self, group: str, frame: Frame, retention: Retention | None, using: str | None) -> bool:
+        """Make publishing ``frame`` part of the caller's open transaction on database ``using``
+        (``broadcast_on_commit``), if this backend can: then a rollback sends nothing and a commit
+        sends once. Returns False when it can't (the default): the caller publishes on commit.
+        Synchronous; runs in the caller's thread."""
+        return False
+
+    # -- history (groups matching TETHER["GROUPS"]) ----------------------------
+
+    async def append(self, group: str, frame: Frame, retention: Retention) -> Position:
+        """Store ``frame`` at ``group``'s next offset and publish it with that position, atomically.
+
+        Offsets grow by one per group across every process; the epoch is
+        created with the stream and changes only when the stream is lost.
+        Keeps at most ``retention.size`` messages, none older than
+        ``retention.ttl``. Raises ``BackendUnavailable`` like ``publish``
+        (then nothing was stored nor sent).
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no history; use a group that matches no GROUPS pattern")
+
+    async def read(self, group: str, after: int | None, limit: int, retention: Retention) -> Window:
+        """What ``group``'s stream holds: the first ``limit`` entries after offset ``after``, or, with
+        ``after=None``, the last ``limit``. Creates the stream's epoch if it has none yet, so a position
+        given before the first message stays valid. Raises ``BackendUnavailable``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no history; use a group that matches no GROUPS pattern")
 
 
 def load_backend(deliver: Deliver | None = None) -> Backend:
@@ -148,15 +221,16 @@ class _Reconnector:
             self.missed_before = self.missed()
             self.logger.warning("%s lost (%s); reconnecting with backoff", self.listener, exc)
 
-    def connected(self, groups: int) -> None:
-        """The listener is (again) connected and listening to ``groups`` groups."""
+    def connected(self, groups: int) -> bool:
+        """The listener is (again) connected and listening to ``groups`` groups; True if it was a reconnection."""
         self.delay = self.MIN_BACKOFF
         if self.down_since is None:
-            return
+            return False
         self.count += 1
         self.logger.warning(
             "%s reconnected after %.1fs and listens again to %d group(s); %d message(s) this process published "
             "meanwhile were not delivered to its sockets, and what other processes published meanwhile is lost "
+            "for live-only groups; groups with history are backfilled from their streams "
             "(delivery is at-most-once)",
             self.listener,
             time.monotonic() - self.down_since,
@@ -164,6 +238,7 @@ class _Reconnector:
             self.missed() - self.missed_before,
         )
         self.down_since = None
+        return True
 
     async def backoff(self) -> None:
         """Wait before the next attempt: 0.05 s, doubling up to 2 s."""

@@ -4,20 +4,59 @@ Every ``MemoryBackend`` of the process shares one in-memory bus, so a publish
 from any thread or event loop (``broadcast_sync`` in a sync view, a
 management command) reaches the hub on its own loop. Nothing crosses a process
 boundary: with more than one worker process, use Redis or PostgreSQL.
+
+History is a ring per group, shared by the process (``_Ring``): its epoch is
+made when the ring is, so a restarted process starts new epochs and a
+client's position from before is recognised as stale.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
+import uuid
+from collections import deque
+from itertools import islice
 from typing import Any
 
+from ..positions import Position, Retention, Window
 from .base import Backend, Deliver, Frame
 
 __all__ = ["MemoryBackend"]
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a deliver() called under it may publish again
 _subscribers: dict[str, tuple[MemoryBackend, ...]] = {}
+
+
+class _Ring:
+    """One group's history: the last messages as ``(offset, monotonic time, frame)``."""
+
+    __slots__ = ("entries", "epoch", "top")
+
+    def __init__(self) -> None:
+        self.epoch = uuid.uuid4().hex[:12]
+        self.top = 0
+        self.entries: deque[tuple[int, float, Frame]] = deque()
+
+    def prune(self, retention: Retention, now: float) -> None:
+        entries = self.entries
+        while len(entries) > retention.size:
+            entries.popleft()
+        if retention.ttl is not None:
+            cutoff = now - retention.ttl
+            while entries and entries[0][1] < cutoff:
+                entries.popleft()
+
+
+_rings: dict[str, _Ring] = {}
+
+
+def _ring(group: str) -> _Ring:
+    ring = _rings.get(group)
+    if ring is None:
+        ring = _rings[group] = _Ring()
+    return ring
 
 
 class MemoryBackend(Backend):
@@ -57,6 +96,9 @@ class MemoryBackend(Backend):
 
     async def publish(self, group: str, frame: Frame) -> None:
         """Hand ``frame`` to every subscribed hub: directly on this loop, thread-safely to others."""
+        self._fan_out(group, (group, frame))
+
+    def _fan_out(self, group: str, args: tuple[Any, ...]) -> None:
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -64,11 +106,48 @@ class MemoryBackend(Backend):
         for backend in _subscribers.get(group, ()):
             loop = backend.loop
             if loop is here:
-                backend.deliver(group, frame)
+                backend.deliver(*args)
             elif loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(backend.deliver, group, frame)
+                loop.call_soon_threadsafe(backend.deliver, *args)
             elif loop is not None:  # its loop is gone (a finished test, a stopped script)
                 backend._forget()
+
+    # -- history -----------------------------------------------------------
+
+    async def append(self, group: str, frame: Frame, retention: Retention) -> Position:
+        """Store and hand over under one lock, so every hub sees a group's offsets in order."""
+        with _lock:
+            ring = _ring(group)
+            ring.top += 1
+            now = time.monotonic()
+            ring.entries.append((ring.top, now, frame))
+            ring.prune(retention, now)
+            position = Position(ring.top, ring.epoch)
+            self._fan_out(group, (group, frame, position))
+        return position
+
+    async def read(self, group: str, after: int | None, limit: int, retention: Retention) -> Window:
+        with _lock:
+            ring = _ring(group)
+            ring.prune(retention, time.monotonic())
+            entries = ring.entries
+            first = entries[0][0] if entries else ring.top + 1
+            if after is None:
+                chosen = list(islice(entries, max(0, len(entries) - limit), None)) if limit > 0 else []
+            else:
+                start = max(0, after + 1 - first)
+                chosen = list(islice(entries, start, start + max(0, limit)))
+            return Window(ring.epoch, ring.top, first, [(offset, frame) for offset, _, frame in chosen])
+
+    @staticmethod
+    def lose_history(group: str | None = None) -> None:
+        """Forget ``group``'s history (every group's with None), as a process restart would: the next
+        message starts a new epoch. For tests."""
+        with _lock:
+            if group is None:
+                _rings.clear()
+            else:
+                _rings.pop(group, None)
 
     def _forget(self) -> None:
         with _lock:

@@ -19,6 +19,18 @@ Text frames go as ``t<text>``, binary ones as ``b<base64>``; anything larger
 ``migrate``) and the notification carries ``r<id>``. Rows older than
 ``OPTIONS["payload_ttl"]`` seconds (default 300) are pruned.
 
+History (groups matching ``TETHER["GROUPS"]``): one statement appends a
+message: it bumps the group's row in ``tether_stream`` (``UPDATE ...
+RETURNING``, so the row stays locked until the transaction ends and offsets
+are gap-free and in commit order), inserts the message into
+``tether_history``, prunes by length, and NOTIFYs the message with its
+position (``p<offset> <epoch>\\n`` before the payload; a payload too large
+for NOTIFY is read back from ``tether_history``). Rows older than
+``history_ttl`` are ignored by reads and deleted at most once a minute per
+group. ``broadcast_on_commit`` runs the same statement in the caller's own
+transaction (``publish_in_transaction``): a transactional outbox, published
+once if and only if the transaction commits.
+
 Options: ``database`` (default ``"default"``), ``subscribe_timeout`` (5 s),
 ``payload_ttl`` (300 s).
 """
@@ -37,10 +49,11 @@ from typing import Any
 
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections
+from django.db import connections, transaction
 from psycopg import sql
 
 from ..exceptions import BackendUnavailable
+from ..positions import Position, Retention, Window
 from .base import Backend, Deliver, Frame, _Reconnector, decode_payload, encode_payload
 
 __all__ = ["NOTIFY_LIMIT", "PostgresBackend", "channel_for"]
@@ -49,6 +62,33 @@ logger = logging.getLogger("tether.backends.postgres")
 
 NOTIFY_LIMIT = 7999  # bytes: PostgreSQL refuses a NOTIFY payload of 8000 or more
 _PRUNE_EVERY = 60.0  # seconds between prunes of old stored payloads
+
+
+_APPEND = """
+WITH s AS (
+    INSERT INTO tether_stream (group_name, epoch, top) VALUES (%(group)s, %(epoch)s, 1)
+    ON CONFLICT (group_name) DO UPDATE SET top = tether_stream.top + 1
+    RETURNING epoch, top
+), i AS (
+    INSERT INTO tether_history (group_name, seq, epoch, data, created)
+    SELECT %(group)s, top, epoch, %(data)s, now() FROM s
+    ON CONFLICT (group_name, seq) DO UPDATE SET epoch = EXCLUDED.epoch, data = EXCLUDED.data, created = EXCLUDED.created
+), d AS (
+    DELETE FROM tether_history WHERE group_name = %(group)s AND seq <= (SELECT top FROM s) - %(size)s
+)
+SELECT top, epoch, pg_notify(%(channel)s, 'p' || top || ' ' || epoch || E'\\n' || %(inner)s) FROM s
+"""
+
+_READ = """
+WITH s AS (SELECT epoch, top FROM tether_stream WHERE group_name = %(group)s),
+k AS (
+    SELECT h.seq, h.data FROM tether_history h, s
+    WHERE h.group_name = %(group)s AND h.epoch = s.epoch AND h.seq <= s.top AND h.seq > s.top - %(size)s
+    AND (%(ttl)s::float8 IS NULL OR h.created >= now() - make_interval(secs => %(ttl)s::float8))
+)
+SELECT s.epoch, s.top, (SELECT min(seq) FROM k), e.seq, e.data
+FROM s LEFT JOIN LATERAL (SELECT seq, data FROM k WHERE {where} ORDER BY seq {order} LIMIT %(limit)s) e ON true
+"""
 
 
 def channel_for(group: str) -> str:
@@ -97,6 +137,7 @@ class PostgresBackend(Backend):
         self._dirty = False
         self._connected = asyncio.Event()
         self._last_prune = 0.0
+        self._history_pruned: dict[str, float] = {}  # group -> when its old history rows were last deleted
 
     async def start(self) -> None:
         if self._params is None:
@@ -142,13 +183,8 @@ class PostgresBackend(Backend):
 
     async def publish(self, group: str, frame: Frame) -> None:
         channel = channel_for(group)
-        if isinstance(frame, str) and "\x00" not in frame:
-            payload = "t" + frame
-        elif isinstance(frame, bytes):
-            payload = "b" + base64.b64encode(frame).decode()
-        else:
-            payload = ""  # text with NUL: only the table can carry it
-        if not payload or (len(payload) * 4 > NOTIFY_LIMIT and len(payload.encode()) > NOTIFY_LIMIT):
+        payload = _inline(frame, NOTIFY_LIMIT)
+        if not payload:
             rows = await self._execute(
                 "INSERT INTO tether_payload (channel, data) VALUES (%s, %s) RETURNING id",
                 (channel, encode_payload(frame)),
@@ -158,6 +194,83 @@ class PostgresBackend(Backend):
         await self._execute("SELECT pg_notify(%s, %s)", (channel, payload))
         if self._reconnector.task is not None and not self._connected.is_set():
             self.missed += 1
+
+    # -- history -----------------------------------------------------------
+
+    def _append_params(self, group: str, frame: Frame, retention: Retention) -> dict[str, Any]:
+        return {
+            "group": group,
+            "epoch": uuid.uuid4().hex[:12],
+            "data": encode_payload(frame),
+            "size": retention.size,
+            "channel": channel_for(group),
+            # the position header takes at most 40 bytes; "h": too large, read it from tether_history
+            "inner": _inline(frame, NOTIFY_LIMIT - 40) or "h",
+        }
+
+    async def append(self, group: str, frame: Frame, retention: Retention) -> Position:
+        """One statement: bump the group's offset, store, prune by length, NOTIFY with the position."""
+        rows = await self._execute_named(_APPEND, self._append_params(group, frame, retention))
+        if self._reconnector.task is not None and not self._connected.is_set():
+            self.missed += 1
+        await self._prune_history(group, retention)
+        return Position(int(rows[0][0]), rows[0][1])
+
+    def publish_in_transaction(self, group: str, frame: Frame, retention: Retention | None, using: str | None) -> bool:
+        """Publish in the caller's transaction on ``using`` when it is this backend's database:
+        NOTIFY (and the history row) become part of it, so a rollback sends nothing and a commit
+        sends once, even if the process dies right after."""
+        alias = using or "default"
+        if alias not in connections.settings or not _same_database(alias, self.database):
+            return False
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            if retention is not None:
+                cursor.execute(_APPEND, self._append_params(group, frame, retention))
+            else:
+                payload = _inline(frame, NOTIFY_LIMIT)
+                if not payload:
+                    cursor.execute(
+                        "INSERT INTO tether_payload (channel, data) VALUES (%s, %s) RETURNING id",
+                        [channel_for(group), encode_payload(frame)],
+                    )
+                    payload = f"r{cursor.fetchone()[0]}"
+                cursor.execute("SELECT pg_notify(%s, %s)", [channel_for(group), payload])
+        return True
+
+    async def read(self, group: str, after: int | None, limit: int, retention: Retention) -> Window:
+        query = _READ.format(
+            where="true" if after is None else "seq > %(after)s", order="DESC" if after is None else "ASC"
+        )
+        params = {"group": group, "size": retention.size, "ttl": retention.ttl, "after": after, "limit": max(0, limit)}
+        rows = await self._execute_named(query, params)
+        if not rows:  # no stream yet: make its epoch now, so a position given before the first message holds
+            await self._execute(
+                "INSERT INTO tether_stream (group_name, epoch, top) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING",
+                (group, uuid.uuid4().hex[:12]),
+            )
+            rows = await self._execute_named(query, params)
+        epoch, top, first = rows[0][0], int(rows[0][1]), rows[0][2]
+        entries = [(int(seq), decode_payload(bytes(data))) for _, _, _, seq, data in rows if seq is not None]
+        entries.sort(key=lambda entry: entry[0])
+        return Window(epoch, top, top + 1 if first is None else int(first), entries)
+
+    async def _execute_named(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return await self._execute(query, params)  # type: ignore[arg-type]
+
+    async def _prune_history(self, group: str, retention: Retention) -> None:
+        """Delete ``group``'s rows older than its ``history_ttl``, at most once a minute (reads skip them anyway)."""
+        if retention.ttl is None:
+            return
+        now = time.monotonic()
+        if now - self._history_pruned.get(group, 0.0) < min(_PRUNE_EVERY, retention.ttl):
+            return
+        self._history_pruned[group] = now
+        if len(self._history_pruned) > 10_000:
+            self._history_pruned.clear()
+        await self._execute(
+            "DELETE FROM tether_history WHERE group_name = %s AND created < now() - make_interval(secs => %s)",
+            (group, retention.ttl),
+        )
 
     async def _prune(self) -> None:
         now = time.monotonic()
@@ -231,7 +344,8 @@ class PostgresBackend(Backend):
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._control)))
                 await self._apply(conn)
                 self._connected.set()
-                reconnector.connected(len(self._listening))
+                if reconnector.connected(len(self._listening)):
+                    self.reconnected()
                 while True:
                     if self._dirty:
                         await self._apply(conn)
@@ -256,7 +370,13 @@ class PostgresBackend(Backend):
         if group is None:
             return  # UNLISTEN under way
         kind, data = payload[:1], payload[1:]
+        position: Position | None = None
         try:
+            if kind == "p":  # a history message: "p<offset> <epoch>\n" then the payload
+                head, _, data = data.partition("\n")
+                offset, _, epoch = head.partition(" ")
+                position = Position(int(offset), epoch)
+                kind, data = data[:1], data[1:]
             if kind == "t":
                 frame: Frame = data
             elif kind == "b":
@@ -267,9 +387,48 @@ class PostgresBackend(Backend):
                     logger.warning("Stored payload %s for group %s is gone (pruned?); skipped", data, group)
                     return
                 frame = decode_payload(bytes(rows[0][0]))
+            elif kind == "h" and position is not None:
+                rows = await self._execute(
+                    "SELECT data FROM tether_history WHERE group_name = %s AND seq = %s AND epoch = %s",
+                    (group, position.offset, position.epoch),
+                )
+                if not rows:
+                    logger.warning(
+                        "Message %s of group %s is gone from its history (pruned?); skipped", position, group
+                    )
+                    return
+                frame = decode_payload(bytes(rows[0][0]))
             else:
                 raise ValueError(f"unknown payload kind {kind!r}")
         except (ValueError, BackendUnavailable) as exc:
             logger.warning("Dropped a notification for group %s: %s", group, exc)
             return
-        self.deliver(group, frame)
+        if position is None:
+            self.deliver(group, frame)
+        else:
+            self.deliver(group, frame, position)
+
+
+def _inline(frame: Frame, limit: int) -> str:
+    """``frame`` as a NOTIFY payload (``t<text>`` or ``b<base64>``), or "" when it needs the table
+    (over ``limit`` bytes, or text with NUL, which NOTIFY can't carry)."""
+    if isinstance(frame, str) and "\x00" not in frame:
+        payload = "t" + frame
+    elif isinstance(frame, bytes):
+        payload = "b" + base64.b64encode(frame).decode()
+    else:
+        return ""
+    if len(payload) * 4 > limit and len(payload.encode()) > limit:
+        return ""
+    return payload
+
+
+def _same_database(alias: str, other: str) -> bool:
+    """Whether two ``DATABASES`` aliases name the same PostgreSQL database."""
+    if alias == other:
+        return True
+    if other not in connections.settings or connections[alias].vendor != "postgresql":
+        return False
+    keys = ("NAME", "HOST", "PORT")
+    mine, theirs = connections[alias].settings_dict, connections[other].settings_dict
+    return all(mine.get(key) == theirs.get(key) for key in keys)

@@ -9,6 +9,16 @@ recovery it logs how long it was down and how many messages this process
 published in that time (its own sockets missed them). While Redis can't be
 reached, ``publish()`` raises ``BackendUnavailable``.
 
+History (groups matching ``TETHER["GROUPS"]``) lives in a Redis Stream per
+group, ``<prefix>stream:<group>``, with the group's newest offset in
+``<prefix>top:<group>`` and its epoch in ``<prefix>epoch:<group>``. One Lua
+script (atomic on the server) takes the next offset, ``XADD``s the message
+(``MAXLEN`` = the history size), trims what is older than ``history_ttl``,
+refreshes the keys' expiry to ``history_ttl`` and ``PUBLISH``es the message
+with its position, so every process sees one order. When the keys are gone
+(flushed, expired after ``history_ttl`` without a message, evicted) the
+next script makes a new epoch.
+
 Options (``TETHER["OPTIONS"]``): ``url`` (default ``redis://127.0.0.1:6379/0``),
 ``prefix`` (default ``tether:``), ``subscribe_timeout`` in seconds (default 5).
 """
@@ -18,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 import redis.asyncio as redis
@@ -26,11 +37,93 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from ..exceptions import BackendUnavailable
-from .base import Backend, Deliver, Frame, _Reconnector, decode_payload, encode_payload
+from ..positions import Position, Retention, Window
+from .base import Backend, Deliver, Frame, _Reconnector, decode_message, encode_payload
 
 __all__ = ["RedisBackend"]
 
 logger = logging.getLogger("tether.backends.redis")
+
+# KEYS: stream, top, epoch. ARGV: new epoch (used if the stream has none), ttl in ms (0: none).
+# Makes the epoch if missing (dropping any leftover stream and offset: they belonged to a lost one),
+# and returns the epoch, the server's time in ms and the cutoff (0: none).
+_PROLOGUE = """
+local epoch = redis.call('GET', KEYS[3])
+local ttl = tonumber(ARGV[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('SET', KEYS[3], epoch)
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local cutoff = 0
+if ttl > 0 then cutoff = now - ttl end
+local function offset_of(id) return tonumber(string.match(id, '^(%d+)')) end
+-- the id of the oldest entry younger than the cutoff, or nil
+local function first_kept()
+  local start = '-'
+  while true do
+    local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 64)
+    if #chunk == 0 then return nil end
+    for _, entry in ipairs(chunk) do
+      if cutoff == 0 or tonumber(entry[2][2]) >= cutoff then return entry[1] end
+    end
+    start = '(' .. chunk[#chunk][1]
+  end
+end
+"""
+
+# ARGV: epoch, ttl_ms, channel, payload, size. Returns {offset, epoch}.
+_APPEND = (
+    _PROLOGUE
+    + """
+local top = redis.call('INCR', KEYS[2])
+local id = string.format('%d-0', top)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], id, 't', now, 'd', ARGV[4])
+if ttl > 0 then
+  local keep = first_kept()
+  if keep then redis.call('XTRIM', KEYS[1], 'MINID', keep) end
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+redis.call('PUBLISH', ARGV[3], 'p' .. string.format('%d', top) .. ' ' .. epoch .. '\\n' .. ARGV[4])
+return {top, epoch}
+"""
+)
+
+# ARGV: epoch, ttl_ms, after (-1: the newest), limit. Returns {epoch, top, first, id, data, id, data...}.
+_READ = (
+    _PROLOGUE
+    + """
+local top = tonumber(redis.call('GET', KEYS[2]) or '0')
+local keep = first_kept()
+local first = top + 1
+if keep then first = offset_of(keep) end
+local after, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {epoch, top, first}
+if limit > 0 and keep then
+  local entries
+  if after < 0 then
+    entries = redis.call('XREVRANGE', KEYS[1], '+', keep, 'COUNT', limit)
+    for i = #entries, 1, -1 do
+      out[#out + 1] = entries[i][1]
+      out[#out + 1] = entries[i][2][4]
+    end
+  else
+    local start = math.max(after + 1, first)
+    entries = redis.call('XRANGE', KEYS[1], string.format('%d-0', start), '+', 'COUNT', limit)
+    for _, entry in ipairs(entries) do
+      out[#out + 1] = entry[1]
+      out[#out + 1] = entry[2][4]
+    end
+  end
+end
+return out
+"""
+)
 
 
 class RedisBackend(Backend):
@@ -56,6 +149,7 @@ class RedisBackend(Backend):
         self._wanted: set[bytes] = set()
         self._confirmed: dict[bytes, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()
+        self._scripts: dict[str, Any] = {}  # Lua source -> registered Script (EVALSHA, loaded on first use)
 
     def _channel(self, group: str) -> bytes:
         return f"{self.prefix}{group}".encode()
@@ -75,6 +169,7 @@ class RedisBackend(Backend):
     async def stop(self) -> None:
         await self._reconnector.cancel()
         client, self._client = self._client, None
+        self._scripts.clear()
         if client is not None:
             await client.aclose()
         self._wanted.clear()
@@ -126,6 +221,54 @@ class RedisBackend(Backend):
         if self._reconnector.task is not None and not self._connected.is_set():
             self.missed += 1
 
+    # -- history -----------------------------------------------------------
+
+    def _history_keys(self, group: str) -> list[str]:
+        return [f"{self.prefix}{kind}:{group}" for kind in ("stream", "top", "epoch")]
+
+    async def _script(self, script: str, keys: list[str], *args: Any) -> Any:
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        registered = self._scripts.get(script)
+        if registered is None:
+            registered = self._scripts[script] = self._client.register_script(script)
+        try:
+            return await registered(keys, list(args))
+        except (RedisError, OSError) as exc:
+            self.failed += 1
+            raise BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    async def append(self, group: str, frame: Frame, retention: Retention) -> Position:
+        """One script: the next offset, ``XADD`` with ``MAXLEN``, age trim, expiry and ``PUBLISH``."""
+        offset, epoch = await self._script(
+            _APPEND,
+            self._history_keys(group),
+            uuid.uuid4().hex[:12],
+            _ms(retention.ttl),
+            self._channel(group),
+            encode_payload(frame),
+            retention.size,
+        )
+        if self._reconnector.task is not None and not self._connected.is_set():
+            self.missed += 1
+        return Position(int(offset), epoch.decode())
+
+    async def read(self, group: str, after: int | None, limit: int, retention: Retention) -> Window:
+        reply = await self._script(
+            _READ,
+            self._history_keys(group),
+            uuid.uuid4().hex[:12],
+            _ms(retention.ttl),
+            -1 if after is None else after,
+            max(0, limit),
+        )
+        epoch, top, first, rest = reply[0].decode(), int(reply[1]), int(reply[2]), reply[3:]
+        entries = []
+        for i in range(0, len(rest), 2):
+            entries.append((int(rest[i].split(b"-", 1)[0]), decode_message(rest[i + 1])[0]))
+        return Window(epoch, top, first, entries)
+
     async def _listen_forever(self) -> None:
         """Hold the subscriber connection: (re)connect, resubscribe, deliver; back off on failure."""
         reconnector = self._reconnector
@@ -138,7 +281,8 @@ class RedisBackend(Backend):
                     await pubsub.subscribe(*self._wanted)
                 self._pubsub = pubsub
                 self._connected.set()
-                reconnector.connected(len(self._wanted))
+                if reconnector.connected(len(self._wanted)):
+                    self.reconnected()
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None:
@@ -157,12 +301,21 @@ class RedisBackend(Backend):
         if kind == b"message" or kind == "message":
             channel: bytes = message["channel"]
             try:
-                frame = decode_payload(message["data"])
+                frame, position = decode_message(message["data"])
             except (ValueError, UnicodeDecodeError):
                 logger.warning("Ignored a malformed payload on Redis channel %r", channel)
                 return
-            self.deliver(channel[len(self.prefix.encode()) :].decode(), frame)
+            group = channel[len(self.prefix.encode()) :].decode()
+            if position is None:
+                self.deliver(group, frame)
+            else:
+                self.deliver(group, frame, position)
         elif kind == b"subscribe" or kind == "subscribe":
             future = self._confirmed.get(message["channel"])
             if future is not None and not future.done():
                 future.set_result(None)
+
+
+def _ms(ttl: float | None) -> int:
+    """``history_ttl`` in milliseconds for the scripts (0: no age limit)."""
+    return 0 if ttl is None else max(1, round(ttl * 1000))
