@@ -92,7 +92,7 @@ async def test_three_groups_over_one_socket_beside_a_plain_socket() -> None:
         for group in groups:
             assert await client.call("subscribe", group=group) == {
                 "id": client.next_id,
-                "result": {"group": group, "position": None, "recovered": True},
+                "result": {"group": group, "position": None, "recovered": False},
             }
         for n, group in enumerate(groups):
             await broadcast(group, {"n": n, "when": "now"})
@@ -317,3 +317,51 @@ def test_tether_js_is_served_by_staticfiles() -> None:
             assert finders.find(name), name
         html = engines["django"].from_string('{% load static %}{% static "tether/tether.js" %}').render({})
         assert html == "/static/tether/tether.js"
+
+
+HISTORY = {"GROUPS": {"public.h*": {"history": 5}}}
+
+
+@override_settings(TETHER=HISTORY)
+async def test_positions_recovery_and_history() -> None:
+    """In a history group: pushes carry positions, subscribe with since replays what was missed once, in order."""
+    group = new_group("public.h")
+    async with connect(PATH, subprotocols=[PROTOCOL]) as ws:
+        client = Client(ws)
+        first = (await client.call("subscribe", group=group))["result"]
+        assert first["recovered"] is False and first["position"]["offset"] == 0
+        for n in range(3):
+            await broadcast(group, {"n": n})
+        pushes = [await client.push() for _ in range(3)]
+        assert [p["position"]["offset"] for p in pushes] == [1, 2, 3]
+        assert [p["data"] for p in pushes] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        reply = await client.call("publish", group=group, data={"n": 3})
+        assert reply["result"]["position"] == {"offset": 4, "epoch": first["position"]["epoch"]}
+        page = (await client.call("history", group=group, since=pushes[0]["position"], limit=2))["result"]
+        assert page["recovered"] is True
+        assert [(m["position"]["offset"], m["data"]) for m in page["messages"]] == [(2, {"n": 1}), (3, {"n": 2})]
+        assert (await client.call("history", group=group, limit=0))["error"]["code"] == "bad_request"
+        await client.call("subscribe", group="public.plain")
+        assert (await client.call("history", group="public.plain"))["error"]["code"] == "no_history"
+    since = pushes[1]["position"]  # a client that saw n=1 comes back
+    async with connect(PATH, subprotocols=[PROTOCOL]) as ws:
+        client = Client(ws)
+        again = (await client.call("subscribe", group=group, since=since))["result"]
+        assert again["recovered"] is True
+        replayed = [await client.push() for _ in range(2)]
+        assert [(p["position"]["offset"], p["data"]) for p in replayed] == [(3, {"n": 2}), (4, {"n": 3})]
+        await broadcast(group, {"n": 4})
+        assert (await client.push())["position"]["offset"] == 5
+    for n in range(5, 12):  # past the window of 5: what came after `since` is partly gone
+        await broadcast(group, {"n": n})
+    async with connect(PATH, subprotocols=[PROTOCOL]) as ws:
+        client = Client(ws)
+        lost = (await client.call("subscribe", group=group, since=since))["result"]
+        assert lost["recovered"] is False and lost["position"]["offset"] == 12
+        stale = await client.call("subscribe", group=new_group("public.h"), since={"offset": 1, "epoch": "old"})
+        assert stale["result"]["recovered"] is False
+        await broadcast(group, {"n": 12})
+        assert (await client.push())["data"] == {"n": 12}  # nothing old was replayed before it
+        assert (await client.call("subscribe", group=group, since={"offset": -1, "epoch": "e"}))["error"][
+            "code"
+        ] == "bad_request"

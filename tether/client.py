@@ -171,7 +171,8 @@ class Client:
             if self._subscriptions.get(group) is subscription:
                 del self._subscriptions[group]
             raise
-        subscription.position = subscription.result.get("position") or since
+        if subscription.position is None:  # else messages already moved it (they may overtake the reply)
+            subscription.position = since if subscription.recovered else subscription.result.get("position")
         return subscription
 
     async def publish(self, group: str, data: Any) -> Any:

@@ -37,7 +37,8 @@ from .codes import CloseCode
 from .conf import get_setting
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState
 from .groups import user_group, validate_group
-from .publish import broadcast
+from .positions import Position, retention_for
+from .publish import broadcast, history
 from .urls import Handler
 from .views import SocketView
 from .websocket import WebSocket, decode_json, encode_json
@@ -53,6 +54,8 @@ PROTOCOL = "tether.v1"
 """The subprotocol a client offers and the server selects; a new incompatible version gets a new name."""
 
 MAX_QUEUED_COMMANDS = 1000
+HISTORY_LIMIT = 1000
+"""The most messages one ``history`` command returns (and its default ``limit``)."""
 """Commands waiting for their turn on one connection; past this, a command is answered ``rate_limited``."""
 
 
@@ -73,6 +76,10 @@ class ErrorCode:
     INTERNAL = "internal"  # a hook raised; the server logged it
 
 
+class RawJSON(str):
+    """A result already encoded as JSON text (spliced into the reply as it is)."""
+
+
 class ProtocolError(Exception):
     """Raised by a command to answer it with an error reply (``code`` is an ``ErrorCode``)."""
 
@@ -84,11 +91,11 @@ class ProtocolError(Exception):
 
 # -- frames ------------------------------------------------------------------
 
-_wrapped: dict[str, tuple[Frame, str]] = {}  # group -> (last frame, its message push): one encoding per process
+_wrapped: dict[str, tuple[Frame, Position | None, str]] = {}  # group -> the last push built: one per message
 _MAX_WRAPPED = 1024
 
 
-def message_frame(group: str, frame: Frame, position: Any = None) -> str:
+def message_frame(group: str, frame: Frame, position: Position | None = None) -> str:
     """The ``message`` push for one group message, as JSON text.
 
     A JSON frame (what ``broadcast`` makes of a dict or list) is spliced in as
@@ -98,23 +105,36 @@ def message_frame(group: str, frame: Frame, position: Any = None) -> str:
     and process, not once per socket.
     """
     cached = _wrapped.get(group)
-    if cached is not None and cached[0] is frame and position is None:
-        return cached[1]
+    if cached is not None and cached[0] is frame and cached[1] == position:
+        return cached[2]
     head = '{"type":"message","group":' + json.dumps(group, ensure_ascii=False)
     if position is not None:
-        head += ',"position":' + encode_json(position)
+        head += ',"position":' + encode_json(position.as_dict())
+    text = head + _data_fields(frame) + "}"
+    if len(_wrapped) >= _MAX_WRAPPED:
+        _wrapped.clear()
+    _wrapped[group] = (frame, position, text)
+    return text
+
+
+def _data_fields(frame: Frame) -> str:
+    """``,"data":...`` for a frame: JSON spliced in, other text as a string, bytes as base64."""
     if isinstance(frame, str):
         if frame[:1] in ("{", "[") and _is_json(frame):
-            text = head + ',"data":' + frame + "}"
-        else:
-            text = head + ',"data":' + json.dumps(frame, ensure_ascii=False) + "}"
-    else:
-        text = head + ',"data":"' + base64.b64encode(frame).decode("ascii") + '","encoding":"base64"}'
-    if position is None:
-        if len(_wrapped) >= _MAX_WRAPPED:
-            _wrapped.clear()
-        _wrapped[group] = (frame, text)
-    return text
+            return ',"data":' + frame
+        return ',"data":' + json.dumps(frame, ensure_ascii=False)
+    return ',"data":"' + base64.b64encode(frame).decode("ascii") + '","encoding":"base64"'
+
+
+def _position(value: Any, name: str) -> Position | None:
+    """A position sent by a client (``{"offset": int, "epoch": str}``), or None."""
+    if value is None:
+        return None
+    offset = value.get("offset") if isinstance(value, dict) else None
+    epoch = value.get("epoch") if isinstance(value, dict) else None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(epoch, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} is a position: {{offset: int >= 0, epoch: string}}")
+    return Position(offset, epoch)
 
 
 def _is_json(text: str) -> bool:
@@ -241,11 +261,11 @@ class RealtimeView(SocketView):
         if self._worker is not None:
             self._worker.cancel()
 
-    async def group_message(self, group: str, message: Frame) -> Frame | None:
-        """Wrap a message of a subscribed group as a ``message`` push; drop the others."""
+    async def group_message(self, group: str, message: Frame, position: Position | None = None) -> Frame | None:
+        """Wrap a message of a subscribed group as a ``message`` push (with its position); drop the others."""
         if group not in self.subscriptions:
             return None
-        return message_frame(group, message)
+        return message_frame(group, message, position)
 
     async def end_subscription(self, group: str, reason: str = "") -> None:
         """End the client's subscription to ``group`` from the server (e.g. permission revoked).
@@ -333,7 +353,10 @@ class RealtimeView(SocketView):
                     logger.exception("Command %r on websocket %s raised", ident, escape_uri_path(self.socket.path))
                     await self._error(ident, ErrorCode.INTERNAL, "the server failed to run the command")
                 else:
-                    await self._send({"id": ident, "result": result})
+                    if isinstance(result, RawJSON):
+                        await self.socket.send_text('{"id":' + encode_json(ident) + ',"result":' + result + "}")
+                    else:
+                        await self._send({"id": ident, "result": result})
         except (Disconnected, InvalidState):
             return
 
@@ -356,24 +379,24 @@ class RealtimeView(SocketView):
 
     async def _subscribe(self, command: dict[str, Any]) -> Any:
         group = self._group(command)
-        since = command.get("since")
-        if since is not None and not isinstance(since, dict):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "since is a position: {offset, epoch}")
-        if group not in self.subscriptions:
-            if len(self.subscriptions) >= self.max_subscriptions:
-                raise ProtocolError(
-                    ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                    f"a connection may subscribe to {self.max_subscriptions} groups (TETHER['MAX_SUBSCRIPTIONS'])",
-                )
-            if not (self._may_subscribe_own(group) or await self.acan_subscribe(self.user, group)):
-                raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {group!r}")
-            self.subscriptions.add(group)  # before the join: what arrives once it is in place goes out
-            try:
-                await self.join(group)
-            except BaseException:
-                self.subscriptions.discard(group)
-                raise
-        return {"group": group, "position": None, "recovered": since is None}
+        since = _position(command.get("since"), "since")
+        if group in self.subscriptions:
+            return {"group": group, "position": None, "recovered": False}  # already: nothing replayed
+        if len(self.subscriptions) >= self.max_subscriptions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"a connection may subscribe to {self.max_subscriptions} groups (TETHER['MAX_SUBSCRIPTIONS'])",
+            )
+        if not (self._may_subscribe_own(group) or await self.acan_subscribe(self.user, group)):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {group!r}")
+        self.subscriptions.add(group)  # before the join: what arrives once it is in place goes out
+        try:
+            joined = await self.join(group, since)
+        except BaseException:
+            self.subscriptions.discard(group)
+            raise
+        position = joined.position.as_dict() if joined.position is not None else None
+        return {"group": group, "position": position, "recovered": joined.recovered}
 
     async def _unsubscribe(self, command: dict[str, Any]) -> Any:
         group = self._group(command)
@@ -391,14 +414,36 @@ class RealtimeView(SocketView):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "publish data is an object, an array or a string")
         if not await self.acan_publish(self.user, group, data):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to publish to {group!r}")
-        await broadcast(group, data)
-        return {"group": group, "position": None}
+        position = await broadcast(group, data)
+        return {"group": group, "position": position.as_dict() if position is not None else None}
 
     async def _history(self, command: dict[str, Any]) -> Any:
         group = self._group(command)
         if group not in self.subscriptions:
             raise ProtocolError(ErrorCode.NOT_SUBSCRIBED, f"subscribe to {group!r} first")
-        raise ProtocolError(ErrorCode.NO_HISTORY, f"group {group!r} keeps no history (TETHER['GROUPS'])")
+        since = _position(command.get("since"), "since")
+        limit = command.get("limit")
+        if limit is None:
+            limit = HISTORY_LIMIT
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= HISTORY_LIMIT:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"limit is an integer from 1 to {HISTORY_LIMIT}")
+        if retention_for(group) is None:
+            raise ProtocolError(ErrorCode.NO_HISTORY, f"group {group!r} keeps no history (TETHER['GROUPS'])")
+        page = await history(group, since, limit)
+        messages = ",".join(
+            '{"position":' + encode_json(m.position.as_dict()) + _data_fields(m.data) + "}" for m in page.messages
+        )
+        return RawJSON(
+            '{"group":'
+            + json.dumps(group, ensure_ascii=False)
+            + ',"messages":['
+            + messages
+            + '],"position":'
+            + encode_json(page.position.as_dict())
+            + ',"recovered":'
+            + ("true" if page.recovered else "false")
+            + "}"
+        )
 
     async def _presence(self, command: dict[str, Any]) -> Any:
         group = self._group(command)

@@ -104,7 +104,12 @@ test("4401 after the handshake stops reconnecting and says why", async () => {
 /** A TCP proxy to the server that can black-hole its current connections (bytes go nowhere, nothing closes). */
 async function proxy(target) {
   const pairs = [];
+  let refusing = false;
   const server = net.createServer((client) => {
+    if (refusing) {
+      client.destroy();
+      return;
+    }
     const upstream = net.connect(target.port, target.hostname);
     const pair = { client, upstream, holed: false };
     pairs.push(pair);
@@ -120,6 +125,9 @@ async function proxy(target) {
     port: server.address().port,
     blackhole() {
       for (const pair of pairs) pair.holed = true;
+    },
+    refuse(on) {
+      refusing = on;
     },
     connections: () => pairs.length,
     close() {
@@ -164,25 +172,55 @@ test("a silent connection is detected by heartbeats and replaced within interval
   hole.close();
 });
 
-test("server restart while a third process publishes: reconnects and resubscribes", async () => {
-  const group = unique("room");
+test("server restart while a third process publishes 200: all 200, in order, once, recovered", async () => {
+  const group = unique("room.h");
   const box = inbox();
   const tether = new Tether(URL, { reconnect: { min: 100, max: 1000 } });
   const states = [];
   tether.on("state", (d) => states.push(d.state));
   const sub = tether.subscribe(group, { onMessage: box.onMessage });
-  await sub.ready;
+  assert.equal((await sub.ready).recovered, false); // a first subscription has nothing to recover
   const resubscribed = new Promise((resolve) => tether.on("subscribe", (info) => info.resubscribed && resolve(info)));
   await control("/publish", { group, count: 200, interval: 0.01 });
   await box.until((items) => items.length >= 5);
   await control("/restart");
-  await resubscribed;
+  const info = await resubscribed;
   assert.deepEqual(await control("/wait-publishers"), [0]);
-  await box.until((items) => items.some((m) => m.n === 199));
+  await box.until((items) => items.length >= 200);
   const seen = box.items.map((m) => m.n);
-  assert.deepEqual([...seen].sort((a, b) => a - b), seen, "in order");
-  assert.equal(new Set(seen).size, seen.length, "no duplicates");
+  assert.deepEqual(seen, Array.from({ length: 200 }, (_, n) => n), "all 200, in order, no duplicates");
+  assert.equal(info.recovered, true);
+  assert.equal(sub.position.offset, 200);
   assert.ok(states.includes("reconnecting") && states.at(-1) === "open", states.join(","));
-  console.log(`restart without history: ${seen.length} of 200 messages arrived`);
+  console.log(`restart with history: ${seen.length} of 200 messages, recovered: ${info.recovered}`);
   tether.close();
+});
+
+test("after a window overflow the resubscription reports recovered: false and replays nothing", async () => {
+  const target = new globalThis.URL(URL);
+  const hole = await proxy(target);
+  const url = `ws://127.0.0.1:${hole.port}${target.pathname}`;
+  const tether = new Tether(url, { heartbeatInterval: 300, heartbeatTimeout: 300, reconnect: { min: 100, max: 500 } });
+  const group = unique("public.small");
+  const box = inbox();
+  const sub = tether.subscribe(group, { onMessage: box.onMessage });
+  await sub.ready;
+  const sender = new Tether(URL);
+  await sender.publish(group, { n: 0 });
+  await box.until((items) => items.length === 1);
+  const resubscribed = new Promise((resolve) => tether.on("subscribe", (info) => info.resubscribed && resolve(info)));
+  hole.refuse(true);
+  hole.blackhole();
+  await when(tether, "reconnecting");
+  for (let n = 1; n <= 10; n++) await sender.publish(group, { n }); // the window holds 5
+  hole.refuse(false);
+  const info = await resubscribed;
+  assert.equal(info.recovered, false);
+  await sender.publish(group, { n: 11 });
+  await box.until((items) => items.length === 2);
+  assert.deepEqual(box.items, [{ n: 0 }, { n: 11 }]);
+  assert.equal(sub.position.offset, 12);
+  tether.close();
+  sender.close();
+  hole.close();
 });

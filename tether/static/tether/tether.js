@@ -85,7 +85,14 @@ export class Subscription {
 
   _subscribed(result, resubscribed) {
     this.state = "subscribed";
-    if (result.position) this.position = result.position;
+    // With recovered: true the missed messages are on their way (maybe behind this reply) and move the
+    // position themselves. Otherwise the reply's position is the new starting point, unless messages
+    // after it arrived first.
+    const mine = this.position;
+    const theirs = result.position;
+    if (!result.recovered && theirs && (!mine || mine.epoch !== theirs.epoch || mine.offset < theirs.offset)) {
+      this.position = theirs;
+    }
     const info = { group: this.group, position: result.position, recovered: result.recovered, resubscribed };
     this._ready.resolve(info);
     this.options.onSubscribe?.(info);
