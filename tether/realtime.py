@@ -193,16 +193,10 @@ class RealtimeView(SocketView):
         at once with the guard's code (4401, 4403): tether.js reads it and
         stops reconnecting.
         """
-        guards, cls.guards = cls.guards, ()
-        try:
-            handler = super().as_handler(**initkwargs)
-        finally:
-            cls.guards = guards
-        if not guards:
-            return handler
+        checked = super().as_handler(**initkwargs)  # validates initkwargs; its metadata is reused
 
-        async def guarded(socket: WebSocket) -> None:
-            for guard in guards:
+        async def handler(socket: WebSocket) -> None:
+            for guard in cls.guards:
                 refusal = await guard(socket)
                 if refusal is not None:
                     code, reason = refusal
@@ -217,11 +211,11 @@ class RealtimeView(SocketView):
                         await socket.accept(cls.protocol)
                     await socket.close(code, reason)
                     return
-            await handler(socket)
+            await cls(socket, **initkwargs).dispatch()
 
-        functools.update_wrapper(guarded, handler)
-        guarded.view_class = cls  # type: ignore[attr-defined]
-        return guarded
+        functools.update_wrapper(handler, checked)
+        handler.view_class = cls  # type: ignore[attr-defined]
+        return handler
 
     # -- permissions: override these ----------------------------------------
 
