@@ -250,10 +250,13 @@ class RealtimeView(SocketView):
             return
         await self.accept(self.protocol)
 
-    async def disconnect(self, code: int) -> None:
-        """Stop the command worker; the hub drops the memberships by itself."""
-        if self._worker is not None:
-            self._worker.cancel()
+    async def dispatch(self) -> None:
+        """Run the connection; then stop the command worker (even if ``disconnect`` is overridden)."""
+        try:
+            await super().dispatch()
+        finally:
+            if self._worker is not None:
+                self._worker.cancel()
 
     async def group_message(self, group: str, message: Frame, position: Position | None = None) -> Frame | None:
         """Wrap a message of a subscribed group as a ``message`` push (with its position); drop the others."""
