@@ -52,6 +52,8 @@ CROSS: dict[str, tuple[str, str]] = {
     "channels+pubsub": ("channels", "pubsub"),
     "tether+redis": ("tether", "redis"),
     "tether+postgres": ("tether", "postgres"),
+    "tether+redis+history": ("tether", "redis+history"),  # the group keeps a history (docs/delivery.md)
+    "tether+postgres+history": ("tether", "postgres+history"),
 }
 SCENARIOS = ("echo", "fanout", "cross", "idle", "hello", "handshake")
 
@@ -526,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             cross = []
         elif why := prepare_postgres():
             results.skipped["tether+postgres"] = why
-            cross = [c for c in cross if c != "tether+postgres"]
+            cross = [c for c in cross if CROSS[c][1].partition("+")[0] != "postgres"]
     os.environ["BENCH_PG_DB"] = "tether_bench"
 
     started = time.monotonic()

@@ -15,8 +15,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from tests.servers import free_port
 from tether import BackendUnavailable
-from tether.backends.base import Backend, Frame, decode_payload, encode_payload
+from tether.backends.base import Backend, Frame, decode_message, decode_payload, encode_entry, encode_payload
 from tether.backends.memory import MemoryBackend
+from tether.positions import Position, Retention
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,8 +46,11 @@ class Inbox:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[str, Frame]] = asyncio.Queue()
+        self.positions: list[Position] = []  # of the history messages, in delivery order
 
-    def __call__(self, group: str, frame: Frame) -> None:
+    def __call__(self, group: str, frame: Frame, position: Position | None = None) -> None:
+        if position is not None:
+            self.positions.append(position)
         self.queue.put_nowait((group, frame))
 
     async def take(self, n: int) -> list[tuple[str, Frame]]:
@@ -85,6 +89,7 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[BackendF
         built.append(backend)
         return backend
 
+    factory.kind = kind  # type: ignore[attr-defined]
     yield factory
     for backend in built:
         await backend.stop()
@@ -183,15 +188,169 @@ async def test_stop_is_idempotent_and_ends_delivery(make_backend: BackendFactory
     assert inbox_b.queue.empty()
 
 
+# -- history ----------------------------------------------------------------------
+
+KEEP = Retention(size=100)
+
+
+async def lose_stream(kind: str, group: str) -> None:
+    """Make ``group``'s stream vanish as a flush, a truncate or a restart would (for this group only:
+    the shared Redis and PostgreSQL are never flushed)."""
+    if kind == "memory":
+        MemoryBackend.lose_history(group)
+    elif kind == "redis":
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        await client.delete(*(f"tether-contract:{k}:{group}" for k in ("stream", "top", "epoch")))
+        await client.aclose()
+    else:
+        import psycopg
+
+        from tether.backends.postgres import connection_params
+
+        async with await psycopg.AsyncConnection.connect(**connection_params("pg"), autocommit=True) as conn:
+            await conn.execute("DELETE FROM tether_stream WHERE group_name = %s", (group,))
+            await conn.execute("DELETE FROM tether_history WHERE group_name = %s", (group,))
+
+
+async def test_history_positions_count_by_one_across_instances(make_backend: BackendFactory) -> None:
+    """append() from two instances gives offsets 1, 2, 3... in one epoch; subscribers get each with its position."""
+    inbox = Inbox()
+    a, b = await started(make_backend(inbox)), await started(make_backend(None))
+    group = new_group()
+    await a.subscribe(group)
+    positions = [await (a if n % 2 else b).append(group, f"m{n}", KEEP) for n in range(6)]
+    epoch = positions[0].epoch
+    assert positions == [Position(n, epoch) for n in range(1, 7)]
+    assert await inbox.take(6) == [(group, f"m{n}") for n in range(6)]
+    assert inbox.positions == positions
+
+
+async def test_history_read_after_and_latest(make_backend: BackendFactory) -> None:
+    """read() gives the entries after an offset (at most limit), or the last ones; text and bytes kept."""
+    backend = await started(make_backend(None))
+    group = new_group()
+    frames: list[Frame] = [f"m{n}" if n % 2 else f"b{n}".encode() for n in range(10)]
+    for frame in frames:
+        await backend.append(group, frame, KEEP)
+    window = await backend.read(group, 3, 4, KEEP)
+    assert (window.top, window.first) == (10, 1)
+    assert window.entries == [(4, frames[3]), (5, frames[4]), (6, frames[5]), (7, frames[6])]
+    assert (await backend.read(group, None, 3, KEEP)).entries == [(8, frames[7]), (9, frames[8]), (10, frames[9])]
+    assert (await backend.read(group, 10, 5, KEEP)).entries == []
+    assert (await backend.read(group, None, 0, KEEP)).entries == []
+
+
+async def test_history_big_payload_keeps_its_position(make_backend: BackendFactory) -> None:
+    """A message too big for a NOTIFY arrives whole, with its position, and reads back whole."""
+    inbox = Inbox()
+    backend = await started(make_backend(inbox))
+    group = new_group()
+    await backend.subscribe(group)
+    big = "é" * 9000
+    position = await backend.append(group, big, KEEP)
+    assert await inbox.take(1) == [(group, big)]
+    assert inbox.positions == [position]
+    assert (await backend.read(group, 0, 10, KEEP)).entries == [(1, big)]
+
+
+async def test_history_epoch_is_set_before_the_first_message(make_backend: BackendFactory) -> None:
+    """Reading an empty stream fixes its epoch: position (0, epoch) then covers the first message."""
+    backend = await started(make_backend(None))
+    group = new_group()
+    empty = await backend.read(group, None, 10, KEEP)
+    assert (empty.top, empty.first, empty.entries) == (0, 1, [])
+    assert empty.holds_after(Position(0, empty.epoch))
+    assert await backend.append(group, "first", KEEP) == Position(1, empty.epoch)
+    window = await backend.read(group, 0, 10, KEEP)
+    assert window.holds_after(Position(0, empty.epoch))
+    assert window.entries == [(1, "first")]
+
+
+async def test_history_retention_by_length(make_backend: BackendFactory) -> None:
+    """Only the last `history` messages are kept: a position before them is outside the window."""
+    backend = await started(make_backend(None))
+    group = new_group()
+    small = Retention(size=3)
+    positions = [await backend.append(group, f"m{n}", small) for n in range(5)]
+    window = await backend.read(group, None, 10, small)
+    assert (window.first, window.top) == (3, 5)
+    assert window.entries == [(3, "m2"), (4, "m3"), (5, "m4")]
+    assert window.holds_after(positions[1])  # 2: everything after it (3, 4, 5) is held
+    assert not window.holds_after(positions[0])  # 1: message 2 is gone
+
+
+async def test_history_retention_by_age(make_backend: BackendFactory) -> None:
+    """Messages older than `history_ttl` leave the window (read-side too, without a new append)."""
+    backend = await started(make_backend(None))
+    group = new_group()
+    brief = Retention(size=100, ttl=0.3)
+    old = await backend.append(group, "old", brief)
+    assert (await backend.read(group, None, 10, brief)).entries == [(1, "old")]
+    for _ in range(200):  # bounded poll: at most ~4 s
+        if not (await backend.read(group, None, 10, brief)).entries:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the message outlived its history_ttl")
+    new = await backend.append(group, "new", brief)
+    window = await backend.read(group, None, 10, brief)
+    assert window.entries == [(new.offset, "new")]
+    assert not window.holds_after(Position(0, old.epoch))  # "old" is gone: a position before it is stale
+    assert window.holds_after(new) and window.holds_after(Position(new.offset - 1, new.epoch))
+
+
+async def test_history_epoch_changes_when_the_stream_is_lost(make_backend: BackendFactory) -> None:
+    """After the stream vanishes, a new epoch starts at offset 1, and the old positions are stale, not misread."""
+    backend = await started(make_backend(None))
+    group = new_group()
+    for n in range(3):
+        before = await backend.append(group, f"m{n}", KEEP)
+    await lose_stream(make_backend.kind, group)  # type: ignore[attr-defined]
+    after = await backend.append(group, "again", KEEP)
+    assert after.offset == 1 and after.epoch != before.epoch
+    window = await backend.read(group, 1, 10, KEEP)
+    assert window.epoch == after.epoch
+    assert not window.holds_after(Position(1, before.epoch))
+
+
+async def test_history_concurrent_appends_are_gap_free_and_delivered_in_order(make_backend: BackendFactory) -> None:
+    """4 tasks on 2 instances append 100 messages each at once: offsets 1..400, each once, delivered in order."""
+    inbox = Inbox()
+    listener = await started(make_backend(inbox))
+    publishers = [await started(make_backend(None)) for _ in range(2)]
+    group = new_group()
+    await listener.subscribe(group)
+
+    async def publish(task: int) -> list[int]:
+        backend = publishers[task % 2]
+        return [(await backend.append(group, f"{task}:{n}", Retention(size=1000))).offset for n in range(100)]
+
+    offsets = await asyncio.gather(*(publish(task) for task in range(4)))
+    assert sorted(o for mine in offsets for o in mine) == list(range(1, 401))
+    assert all(mine == sorted(mine) for mine in offsets)
+    frames = [frame for _, frame in await inbox.take(400)]
+    assert [p.offset for p in inbox.positions] == list(range(1, 401))
+    for task in range(4):
+        assert [f for f in frames if isinstance(f, str) and f.startswith(f"{task}:")] == [
+            f"{task}:{n}" for n in range(100)
+        ]
+
+
 # -- backend-specific failure modes -----------------------------------------------
 
 
 def test_payload_kind_round_trip_and_garbage() -> None:
-    """The wire format keeps the frame kind; an unknown kind byte is a ValueError."""
+    """The wire format keeps the frame kind (and a history message's position); garbage is a ValueError."""
     assert decode_payload(encode_payload("té")) == "té"
     assert decode_payload(encode_payload(b"t\x00")) == b"t\x00"
     with pytest.raises(ValueError, match="not a tether payload"):
         decode_payload(b"zzz")
+    assert decode_message(encode_entry(Position(7, "abc"), b"x\ny")) == (b"x\ny", Position(7, "abc"))
+    assert decode_message(encode_payload("plain")) == ("plain", None)
+    with pytest.raises(ValueError):
+        decode_message(b"p12")
 
 
 async def test_redis_unreachable_raises_backend_unavailable(redis_server: None) -> None:

@@ -29,6 +29,7 @@ PAGES = {
     "migrating-from-channels.md": ["test_chat", "test_anonymous_is_refused", "test_tutorial_rooms"],
     "faq.md": ["test_profile", "test_broken"],
     "testing.md": ["test_echo_and_broadcast", "test_nothing_arrives", "test_unknown_route"],
+    "delivery.md": ["test_rejoin_gets_what_was_missed"],
 }
 
 

@@ -47,6 +47,7 @@ urlpatterns = [
     websocket("ws/censored/<str:group>/", group_sockets.Censored.as_handler(), name="censored"),
     websocket("ws/broken-hook/<str:group>/", group_sockets.BrokenHook.as_handler(), name="broken-hook"),
     websocket("ws/early/<str:group>/", group_sockets.early_joiner, name="early"),
+    websocket("ws/history/<str:group>/", group_sockets.HistoryMember.as_handler(), name="history"),
     websocket("ws/auth/whoami/", sockets.whoami, name="whoami"),
     websocket("ws/auth/private/", sockets.private, name="private"),
     websocket("ws/auth/post/", sockets.post_message, name="post-message"),

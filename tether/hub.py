@@ -72,6 +72,8 @@ Watcher = Callable[[str, Frame], None]
 
 Item = tuple[str, Frame, "Position | None"]  # one delivery: group, frame, position (history groups)
 
+_MAX_OFFSET = 2**53  # offsets past this can't be a real stream's (Lua numbers are doubles)
+
 BACKFILL_BATCH = 500  # entries read per round trip when the hub or a joining socket catches up
 
 
@@ -306,9 +308,10 @@ class Hub:
                 stream = self._streams.get(group)
                 known = stream is not None and stream.epoch is not None and stream.last is not None
                 return JoinResult(False, Position(stream.last, stream.epoch) if known else None)  # type: ignore[union-attr,arg-type]
-            window = await self.backend.read(
-                group, None if since is None else since.offset, 0 if since is None else retention.size, retention
-            )
+            if since is not None and not (isinstance(since.offset, int) and 0 <= since.offset < _MAX_OFFSET):
+                since = Position(-1, "")  # a client's nonsense: nothing to recover, never a broker error
+            after = since.offset if since is not None and since.offset >= 0 else None
+            window = await self.backend.read(group, after, 0 if after is None else retention.size, retention)
         except BaseException:
             if not joined and member.buffers is not None and group in member.buffers:
                 self._release(member, group, None)

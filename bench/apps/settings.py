@@ -1,7 +1,8 @@
 """Django settings shared by the three benchmark apps; the environment picks the variant.
 
 BENCH_APP      raw | channels | tether (which extra app goes into INSTALLED_APPS)
-BENCH_BACKEND  memory | redis | pubsub | postgres (channel layer / tether backend / raw broker)
+BENCH_BACKEND  memory | redis | pubsub | postgres (channel layer / tether backend / raw broker);
+               "+history" (tether only: "redis+history") gives the group a history of 1000 messages
 BENCH_DB       the SQLite file holding sessions and users (bench/run.py creates it)
 """
 
@@ -9,7 +10,7 @@ import os
 from pathlib import Path
 
 APP = os.environ.get("BENCH_APP", "tether")
-BACKEND = os.environ.get("BENCH_BACKEND", "memory")
+BACKEND, _, _VARIANT = os.environ.get("BENCH_BACKEND", "memory").partition("+")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 GROUP = "bench"
 
@@ -70,6 +71,8 @@ TETHER = {
     "redis": {"BACKEND": "tether.backends.redis.RedisBackend", "OPTIONS": {"url": REDIS_URL}},
     "postgres": {"BACKEND": "tether.backends.postgres.PostgresBackend", "OPTIONS": {"database": "default"}},
 }.get(BACKEND, {})
+if _VARIANT == "history":  # the cost of history: every message stored with its position (docs/delivery.md)
+    TETHER["GROUPS"] = {GROUP: {"history": 1000}}
 
 if os.environ.get("BENCH_TRACEMALLOC"):  # bench/run.py --memtrace: where memory per connection goes
     from bench.apps.memtrace import install

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from tether import BackendUnavailable, SocketView, WebSocket
+from tether import BackendUnavailable, Position, SocketView, WebSocket
 from tether.backends.base import Frame
+from tether.websocket import encode_json
 
 
 class GroupMember(SocketView):
@@ -59,3 +61,27 @@ async def early_joiner(socket: WebSocket) -> None:
     await socket.send_json({"joined": socket.kwargs["group"]})
     async for _ in socket.iter_text():
         pass
+
+
+class HistoryMember(SocketView):
+    """Joins ``<group>`` with ``?offset=&epoch=`` as ``since``, says how that went, and sends every
+    group message as ``{"offset", "epoch", "data"}`` (the position goes to the client)."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        params = self.socket.query_params
+        since = Position(int(params["offset"]), params["epoch"]) if "offset" in params else None
+        result = await self.join(self.kwargs["group"], since=since)
+        position = result.position.as_dict() if result.position is not None else None
+        await self.send_json({"recovered": result.recovered, "position": position})
+
+    async def receive_json(self, data: Any) -> None:
+        if "broadcast" in data:
+            position = await self.broadcast(self.kwargs["group"], data["broadcast"])
+            await self.send_json({"published": position.as_dict() if position else None})
+
+    async def group_message(self, group: str, message: Frame, position: Position | None = None) -> Frame | None:
+        assert isinstance(message, str)
+        if position is None:
+            return encode_json({"data": json.loads(message)})
+        return encode_json({"offset": position.offset, "epoch": position.epoch, "data": json.loads(message)})

@@ -425,10 +425,10 @@ def _inline(frame: Frame, limit: int) -> str:
 
 def _same_database(alias: str, other: str) -> bool:
     """Whether two ``DATABASES`` aliases name the same PostgreSQL database."""
+    if connections[alias].vendor != "postgresql" or other not in connections.settings:
+        return False
     if alias == other:
         return True
-    if other not in connections.settings or connections[alias].vendor != "postgresql":
-        return False
     keys = ("NAME", "HOST", "PORT")
     mine, theirs = connections[alias].settings_dict, connections[other].settings_dict
     return all(mine.get(key) == theirs.get(key) for key in keys)

@@ -277,6 +277,9 @@ class RedisBackend(Backend):
             pubsub: Any = self._client.pubsub()
             try:
                 await pubsub.connect()
+                # redis-py reconnects a dropped subscriber inside get_message() by itself (its retry):
+                # the hub must hear of that too, to backfill its history groups
+                pubsub.connection.register_connect_callback(self._resubscribed)
                 if self._wanted:
                     await pubsub.subscribe(*self._wanted)
                 self._pubsub = pubsub
@@ -295,6 +298,11 @@ class RedisBackend(Backend):
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await reconnector.backoff()
+
+    async def _resubscribed(self, connection: Any) -> None:
+        """redis-py reconnected the subscriber connection on its own: what was published meanwhile was missed."""
+        logger.warning("Redis subscriber on %s reconnected by the client library; backfilling history groups", self.url)
+        self.reconnected()
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
