@@ -20,6 +20,10 @@ DEFAULTS: dict[str, Any] = {
     # keeps each chat group's last 500 messages, none older than an hour (tether.positions). Others are
     # live-only.
     "GROUPS": {},
+    # Seconds a process's presence entries outlive its last heartbeat (tether.presence). Each process
+    # refreshes its entries every PRESENCE_TTL / 3, so a crashed process's members leave within
+    # 4/3 x PRESENCE_TTL of the crash (a clean shutdown removes them at once).
+    "PRESENCE_TTL": 30.0,
     # -- Origin check (tether.security) --
     # Refuse handshakes whose Origin matches neither ALLOWED_HOSTS nor CSRF_TRUSTED_ORIGINS:
     # the defence against Cross-Site WebSocket Hijacking. Turn off only behind a proxy that checks it.

@@ -37,7 +37,8 @@ from .codes import CloseCode
 from .conf import get_setting
 from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidMessage, InvalidState
 from .groups import user_group, validate_group
-from .positions import Position, retention_for
+from .positions import Position, presence_enabled, retention_for
+from .presence import listen, presence_json, unlisten
 from .publish import broadcast, history
 from .urls import Handler
 from .views import SocketView
@@ -74,6 +75,9 @@ class ErrorCode:
     NO_PRESENCE = "no_presence"  # the group has no presence (TETHER["GROUPS"])
     UNAVAILABLE = "unavailable"  # the broker is unreachable: try again
     INTERNAL = "internal"  # a hook raised; the server logged it
+
+
+_PUSH = object()  # a queue item that is a push to send, not a command to answer
 
 
 class RawJSON(str):
@@ -135,6 +139,10 @@ def _position(value: Any, name: str) -> Position | None:
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(epoch, str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{name} is a position: {{offset: int >= 0, epoch: string}}")
     return Position(offset, epoch)
+
+
+async def _text(text: str) -> str:
+    return text
 
 
 def _is_json(text: str) -> bool:
@@ -251,12 +259,21 @@ class RealtimeView(SocketView):
         await self.accept(self.protocol)
 
     async def dispatch(self) -> None:
-        """Run the connection; then stop the command worker (even if ``disconnect`` is overridden)."""
+        """Run the connection; then stop the command worker and the presence listeners (even if
+        ``disconnect`` is overridden)."""
         try:
             await super().dispatch()
         finally:
             if self._worker is not None:
                 self._worker.cancel()
+            for group in list(self.subscriptions):
+                if presence_enabled(group):
+                    await unlisten(group, self._presence_event)
+
+    def _presence_event(self, group: str, push: str) -> None:
+        """A ``join``/``leave`` of a subscribed group with presence: queued behind the commands, in order."""
+        if group in self.subscriptions:
+            self._enqueue(_PUSH, functools.partial(_text, push))
 
     async def group_message(self, group: str, message: Frame, position: Position | None = None) -> Frame | None:
         """Wrap a message of a subscribed group as a ``message`` push (with its position); drop the others."""
@@ -274,6 +291,8 @@ class RealtimeView(SocketView):
             return
         self.subscriptions.discard(group)
         await self.leave(group)
+        if presence_enabled(group):
+            await unlisten(group, self._presence_event)
         await self._send({"type": "unsubscribed", "group": group, "reason": reason})
 
     # -- commands ----------------------------------------------------------------
@@ -316,7 +335,10 @@ class RealtimeView(SocketView):
         if not self._take_token() or self._commands.qsize() >= MAX_QUEUED_COMMANDS:
             await self._error(ident, ErrorCode.RATE_LIMITED, "too many commands; slow down")
             return
-        self._commands.put_nowait((ident, lambda: run(self, command)))
+        self._enqueue(ident, lambda: run(self, command))
+
+    def _enqueue(self, ident: Any, run: Callable[[], Awaitable[Any]]) -> None:
+        self._commands.put_nowait((ident, run))
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="tether-realtime-commands")
 
@@ -336,6 +358,9 @@ class RealtimeView(SocketView):
         try:
             while True:
                 ident, run = await self._commands.get()
+                if ident is _PUSH:
+                    await self.socket.send_text(await run())
+                    continue
                 try:
                     result = await run()
                 except ProtocolError as exc:
@@ -387,10 +412,15 @@ class RealtimeView(SocketView):
         if not (self._may_subscribe_own(group) or await self.acan_subscribe(self.user, group)):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {group!r}")
         self.subscriptions.add(group)  # before the join: what arrives once it is in place goes out
+        presence = presence_enabled(group)
         try:
+            if presence:
+                await listen(group, self._presence_event)  # before the join: its own join is pushed too
             joined = await self.join(group, since)
         except BaseException:
             self.subscriptions.discard(group)
+            if presence:
+                await unlisten(group, self._presence_event)
             raise
         position = joined.position.as_dict() if joined.position is not None else None
         return {"group": group, "position": position, "recovered": joined.recovered}
@@ -400,6 +430,8 @@ class RealtimeView(SocketView):
         if group in self.subscriptions:
             self.subscriptions.discard(group)
             await self.leave(group)
+            if presence_enabled(group):
+                await unlisten(group, self._presence_event)
         return {"group": group}
 
     async def _publish(self, command: dict[str, Any]) -> Any:
@@ -446,7 +478,10 @@ class RealtimeView(SocketView):
         group = self._group(command)
         if group not in self.subscriptions:
             raise ProtocolError(ErrorCode.NOT_SUBSCRIBED, f"subscribe to {group!r} first")
-        raise ProtocolError(ErrorCode.NO_PRESENCE, f"group {group!r} has no presence (TETHER['GROUPS'])")
+        if not presence_enabled(group):
+            raise ProtocolError(ErrorCode.NO_PRESENCE, f"group {group!r} has no presence (TETHER['GROUPS'])")
+        members = await presence_json(group)
+        return RawJSON('{"group":' + json.dumps(group, ensure_ascii=False) + ',"members":' + members + "}")
 
     _handlers: ClassVar[dict[str, Callable[[RealtimeView, dict[str, Any]], Awaitable[Any]]]] = {
         "subscribe": _subscribe,

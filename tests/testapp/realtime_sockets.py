@@ -19,6 +19,10 @@ class Realtime(RealtimeView):
     def can_publish(self, user: Any, group: str, data: Any) -> bool:
         return group.startswith("public.")
 
+    def presence_info(self) -> Any:
+        name = self.socket.query_params.get("name")
+        return {"name": name} if name else None
+
     async def acan_publish(self, user: Any, group: str, data: Any) -> bool:
         if group == "public.kick":  # the server ends a subscription: {"group": ...} says which
             await self.end_subscription(data["group"], "kicked")
