@@ -24,7 +24,7 @@ from tests.conftest import require, require_service
 from tests.servers import ROOT, free_port, serve
 
 NODE = shutil.which("node")
-GROUPS = {"room.h*": {"history": 500}, "public.small*": {"history": 5}}
+GROUPS = {"room.h*": {"history": 500}, "public.small*": {"history": 5}, "room.p*": {"presence": True}}
 SETTINGS = {"DJANGO_SETTINGS_MODULE": "tests.settings_redis", "TETHER_TEST_SETTINGS": json.dumps({"GROUPS": GROUPS})}
 
 

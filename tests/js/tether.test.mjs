@@ -82,6 +82,36 @@ test("permission denied gets the documented error", async () => {
   tether.close();
 });
 
+test("presence: two clients see each other join, list each other, and one's leave", async () => {
+  const group = unique("room.p");
+  const events = () => {
+    const box = inbox();
+    return {
+      box,
+      onJoin: (member) => box.onMessage(["join", member.connection]),
+      onLeave: (member) => box.onMessage(["leave", member.connection]),
+    };
+  };
+  const [a, b] = [new Tether(URL), new Tether(URL)];
+  const ea = events();
+  await a.subscribe(group, { onJoin: ea.onJoin, onLeave: ea.onLeave }).ready;
+  await ea.box.until((items) => items.length === 1); // its own join
+  const [, own] = ea.box.items[0];
+  const eb = events();
+  await b.subscribe(group, { onJoin: eb.onJoin, onLeave: eb.onLeave }).ready;
+  await ea.box.until((items) => items.length === 2);
+  const [kind, other] = ea.box.items[1];
+  assert.equal(kind, "join");
+  const listed = await b.presence(group);
+  assert.deepEqual(listed.members.map((m) => m.connection).sort(), [own, other].sort());
+  assert.ok(listed.members.every((m) => m.user === null && m.info === null));
+  b.close();
+  await ea.box.until((items) => items.length === 3);
+  assert.deepEqual(ea.box.items[2], ["leave", other]);
+  assert.deepEqual((await a.presence(group)).members.map((m) => m.connection), [own]);
+  a.close();
+});
+
 test("the 101st subscription is refused", async () => {
   const tether = new Tether(URL);
   const prefix = unique("room");
