@@ -238,7 +238,7 @@ async def test_hub_backfills_what_it_missed_after_a_reconnect(backend: str) -> N
 
 def test_groups_setting_is_validated() -> None:
     """A malformed GROUPS raises ImproperlyConfigured naming the fix, and the system check reports it."""
-    assert parse_groups({"chat.*": {"history": 10, "history_ttl": 60}})[0][1].size == 10
+    assert parse_groups({"chat.*": {"history": 10, "history_ttl": 60}})[0][1].retention.size == 10  # type: ignore[union-attr]
     for bad, why in [
         ([], "must be a dict"),
         ({"chat.*": {"history": 0}}, "int >= 1"),

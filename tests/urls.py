@@ -6,7 +6,7 @@ from django.urls import include, path
 from tether.auth import token_view
 from tether.urls import re_websocket, websocket
 
-from .testapp import group_sockets, sockets
+from .testapp import group_sockets, realtime_sockets, sockets
 
 
 def set_password_of(request: HttpRequest, username: str) -> HttpResponse:
@@ -58,6 +58,9 @@ urlpatterns = [
     websocket("ws/auth/who/", sockets.WhoView.as_handler(), name="who"),
     websocket("ws/echo-view/", sockets.EchoView.as_handler(), name="echo-view"),
     websocket("ws/auth/me/", sockets.me, name="me"),
+    websocket("ws/realtime/", realtime_sockets.Realtime.as_handler(), name="realtime"),
+    websocket("ws/realtime/staff/", realtime_sockets.StaffRealtime.as_handler(), name="realtime-staff"),
+    websocket("ws/realtime/private/", realtime_sockets.PrivateRealtime.as_handler(), name="realtime-private"),
     path("tether/token/", token_view, name="tether-token"),
     path("accounts/logout/", LogoutView.as_view(next_page="/"), name="logout"),
     path("accounts/password_change/", PasswordChangeView.as_view(success_url="/"), name="password_change"),

@@ -5,6 +5,7 @@ from .exceptions import BackendUnavailable, Disconnected, InvalidGroup, InvalidM
 from .groups import user_group
 from .guards import login_required, permission_required, require
 from .positions import HistoryMessage, HistoryPage, JoinResult, Position
+from .presence import PresenceMember, presence, presence_sync
 from .publish import broadcast, broadcast_on_commit, broadcast_sync, history, history_sync
 from .revocation import aclose_user_sockets, close_user_sockets
 from .views import SocketView
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidState",
     "JoinResult",
     "Position",
+    "PresenceMember",
     "SocketView",
     "TetherError",
     "WebSocket",
@@ -34,6 +36,8 @@ __all__ = [
     "history_sync",
     "login_required",
     "permission_required",
+    "presence",
+    "presence_sync",
     "require",
     "user_group",
 ]

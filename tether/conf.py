@@ -20,6 +20,10 @@ DEFAULTS: dict[str, Any] = {
     # keeps each chat group's last 500 messages, none older than an hour (tether.positions). Others are
     # live-only.
     "GROUPS": {},
+    # Seconds a process's presence entries outlive its last heartbeat (tether.presence). Each process
+    # refreshes its entries every PRESENCE_TTL / 3, so a crashed process's members leave within
+    # 4/3 x PRESENCE_TTL of the crash (a clean shutdown removes them at once).
+    "PRESENCE_TTL": 30.0,
     # -- Origin check (tether.security) --
     # Refuse handshakes whose Origin matches neither ALLOWED_HOSTS nor CSRF_TRUSTED_ORIGINS:
     # the defence against Cross-Site WebSocket Hijacking. Turn off only behind a proxy that checks it.
@@ -61,6 +65,17 @@ DEFAULTS: dict[str, Any] = {
     # Seconds the server waits at shutdown for connections to finish (--timeout-graceful-shutdown). A
     # client that stopped reading keeps its connection until this runs out. None: wait for ever.
     "SHUTDOWN_TIMEOUT": 10,
+    # -- The realtime protocol (tether.realtime), per connection; breaking one answers the command with an
+    # error reply (docs/protocol.md), it never closes the socket.
+    # Groups one connection may subscribe to at once ("too_many_subscriptions" past it).
+    "MAX_SUBSCRIPTIONS": 100,
+    # Sustained commands per second (token bucket; pings don't count): "rate_limited" past it. None: no limit.
+    "COMMAND_RATE": 50,
+    # Bucket size: commands that may arrive at once (a page resubscribing all its groups after a reconnect:
+    # keep it above MAX_SUBSCRIPTIONS). None: 2 x COMMAND_RATE (>= 1).
+    "COMMAND_BURST": 200,
+    # Largest command in bytes (UTF-8), e.g. a publish's data: "too_large" past it. None: only MAX_MESSAGE_SIZE.
+    "MAX_COMMAND_SIZE": 64 * 1024,
 }
 
 

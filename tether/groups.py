@@ -17,7 +17,7 @@ from ._types import Frame
 from .exceptions import InvalidGroup
 from .websocket import encode_json
 
-__all__ = ["MAX_GROUP_LENGTH", "encode_message", "user_group", "validate_group"]
+__all__ = ["MAX_GROUP_LENGTH", "encode_message", "internal_group", "is_internal", "user_group", "validate_group"]
 
 MAX_GROUP_LENGTH = 200
 
@@ -44,6 +44,20 @@ def validate_group(group: str) -> str:
         bad = sorted({c for c in group if not c.isprintable()})
         raise InvalidGroup(f"group name {group!r} has unprintable characters {bad!r}")
     return group
+
+
+_INTERNAL = "\x1e"  # unprintable: no group a user names can start with it
+
+
+def internal_group(kind: str, name: str) -> str:
+    """A backend channel of tether's own (``kind``, e.g. ``"presence"``, for ``name``): never a valid group name,
+    so no socket can join it and no application group can collide with it."""
+    return f"{_INTERNAL}{kind}{_INTERNAL}{name}"
+
+
+def is_internal(group: str) -> bool:
+    """Whether ``group`` is a channel made by ``internal_group``."""
+    return group.startswith(_INTERNAL)
 
 
 def user_group(user: Any) -> str:

@@ -36,7 +36,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from django.core.signals import setting_changed
 
@@ -46,13 +46,14 @@ from .closing import close_for_exception
 from .codes import CloseCode
 from .conf import get_setting
 from .exceptions import BackendUnavailable, InvalidState
-from .groups import user_group, validate_group
+from .groups import is_internal, user_group, validate_group
 from .positions import HistoryPage, JoinResult, Position, Retention, Window, retention_for
 from .websocket import ConnectionState, WebSocket
 
 __all__ = [
     "OVERFLOW_POLICIES",
     "Hub",
+    "HubService",
     "Watcher",
     "current_hub",
     "discard",
@@ -69,6 +70,16 @@ OVERFLOW_POLICIES = ("close", "drop_oldest", "drop_newest")
 
 Watcher = Callable[[str, Frame], None]
 """A process-level listener of a group (``Hub.watch``): called with ``(group, frame)`` on the hub's loop."""
+
+
+class HubService(Protocol):
+    """Something that lives as long as a hub (``Hub.service``): closed when the hub stops."""
+
+    async def close(self) -> None:
+        """Release what it holds; called once, on the hub's loop, before the backend stops."""
+
+
+S = TypeVar("S", bound=HubService)
 
 Item = tuple[str, Frame, "Position | None"]  # one delivery: group, frame, position (history groups)
 
@@ -231,6 +242,7 @@ class Hub:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per group: lock, [tasks using it]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started: asyncio.Future[None] | None = None
+        self._services: dict[str, HubService] = {}
         self.stopped = False
 
     def __repr__(self) -> str:
@@ -255,6 +267,11 @@ class Hub:
         if self.stopped:
             return
         self.stopped = True
+        for name, service in reversed(list(self._services.items())):
+            try:
+                await service.close()
+            except Exception:
+                logger.exception("Closing the hub's %s service failed", name)
         tasks = [member.task for member in self.members.values()] + list(self._tasks)
         for member in list(self.members.values()):
             member.task.cancel()
@@ -265,6 +282,19 @@ class Hub:
         await asyncio.gather(*(t for t in tasks if t is not current), return_exceptions=True)  # none outlives stop()
         if self._started is not None and self._started.done() and not self._started.exception():
             await self.backend.stop()
+
+    def service(self, name: str, factory: Callable[[Hub], S]) -> S:
+        """The hub's ``name`` service (e.g. presence), made by ``factory(hub)`` on first use; closed at ``stop()``."""
+        service = self._services.get(name)
+        if service is None:
+            if self.stopped:
+                raise InvalidState("the hub is stopped (server shutting down)")
+            service = self._services[name] = factory(self)
+        return service  # type: ignore[return-value]
+
+    def has_service(self, name: str) -> bool:
+        """Whether the ``name`` service exists (without making it)."""
+        return name in self._services
 
     # -- membership -------------------------------------------------------
 
@@ -367,8 +397,10 @@ class Hub:
         it were a member; for listeners of the process rather than a socket (tether's revocation
         messages). Returns once the backend delivers the group. Idempotent per callback; the
         callback must not block (it runs in the delivery path) and what it raises is logged.
+        ``group`` may be a channel of tether's own (``tether.groups.internal_group``).
         """
-        validate_group(group)
+        if not is_internal(group):
+            validate_group(group)
         if self.stopped:
             raise InvalidState("the hub is stopped (server shutting down)")
         callbacks = self._watchers.setdefault(group, [])

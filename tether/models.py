@@ -7,6 +7,9 @@
   ``TETHER["GROUPS"]``: one row per group with its epoch and newest offset
   (locked while a message is appended, which is what makes offsets gap-free),
   and one row per kept message.
+- ``tether_presence`` and ``tether_presence_process``: presence entries (one
+  per group and connection, owned by a process) and each process's deadline,
+  pushed forward by its heartbeat (``tether.presence``).
 
 Other backends never touch them.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models.functions import Now
 
-__all__ = ["HistoryEntry", "Payload", "Stream"]
+__all__ = ["HistoryEntry", "Payload", "PresenceEntry", "PresenceProcess", "Stream"]
 
 
 class Payload(models.Model):
@@ -60,3 +63,33 @@ class HistoryEntry(models.Model):
 
     def __str__(self) -> str:
         return f"message {self.seq} of {self.group_name}"
+
+
+class PresenceProcess(models.Model):
+    """A process with presence entries, alive while ``deadline`` is in the future."""
+
+    process = models.CharField(max_length=64, primary_key=True)
+    deadline = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "tether_presence_process"
+
+    def __str__(self) -> str:
+        return f"process {self.process} until {self.deadline}"
+
+
+class PresenceEntry(models.Model):
+    """One connection in a group with presence: its member JSON, its user and the process that owns it."""
+
+    pk = models.CompositePrimaryKey("group_name", "connection")
+    group_name = models.CharField(max_length=220)
+    connection = models.CharField(max_length=64)
+    process = models.CharField(max_length=64, db_index=True)
+    user_id = models.TextField(null=True)
+    member = models.TextField()
+
+    class Meta:
+        db_table = "tether_presence"
+
+    def __str__(self) -> str:
+        return f"connection {self.connection} in {self.group_name}"

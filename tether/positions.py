@@ -8,9 +8,11 @@ emptied, the memory backend's process restarted) the epoch changes, so an old
 position is recognised as stale instead of being read as a place in the new
 stream. Groups that match no pattern stay live-only: no position, no cost.
 
-    TETHER = {"GROUPS": {"chat.*": {"history": 500, "history_ttl": 3600}}}
+    TETHER = {"GROUPS": {"chat.*": {"history": 500, "history_ttl": 3600, "presence": True}}}
 
-Patterns are ``fnmatch`` patterns, tried in order; the first match wins.
+Patterns are ``fnmatch`` patterns, tried in order; the first match wins. A
+pattern may also turn on presence (``tether.presence``: who is in the group,
+across processes), with or without history.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ._types import Frame
 from .conf import get_setting
 
 __all__ = [
+    "GroupOptions",
     "HistoryMessage",
     "HistoryPage",
     "JoinResult",
@@ -35,6 +38,7 @@ __all__ = [
     "Retention",
     "Window",
     "parse_groups",
+    "presence_enabled",
     "retention_for",
 ]
 
@@ -129,12 +133,23 @@ class Window:
         return HistoryPage([HistoryMessage(frame, Position(offset, self.epoch)) for offset, frame in self.entries], top)
 
 
-def parse_groups(value: Any) -> tuple[tuple[str, Retention], ...]:
-    """``TETHER["GROUPS"]`` as ``(pattern, Retention)`` rules; raises ``ImproperlyConfigured`` saying what is wrong."""
+@dataclass(frozen=True)
+class GroupOptions:
+    """What one ``TETHER["GROUPS"]`` pattern turns on: a history (``retention``, or None) and ``presence``."""
+
+    retention: Retention | None = None
+    presence: bool = False
+
+
+_KNOWN = ("history", "history_ttl", "presence")
+
+
+def parse_groups(value: Any) -> tuple[tuple[str, GroupOptions], ...]:
+    """``TETHER["GROUPS"]`` as ``(pattern, GroupOptions)`` rules; raises ``ImproperlyConfigured`` saying what is wrong."""
     if not isinstance(value, dict):
         raise ImproperlyConfigured(
             f"TETHER['GROUPS'] must be a dict of pattern -> options, like "
-            f'{{"chat.*": {{"history": 500, "history_ttl": 3600}}}}; got {type(value).__name__}'
+            f'{{"chat.*": {{"history": 500, "history_ttl": 3600, "presence": True}}}}; got {type(value).__name__}'
         )
     rules = []
     for pattern, options in value.items():
@@ -143,34 +158,45 @@ def parse_groups(value: Any) -> tuple[tuple[str, Retention], ...]:
             raise ImproperlyConfigured(f"{where}: a pattern is a non-empty str (fnmatch-style, like 'chat.*')")
         if not isinstance(options, dict):
             raise ImproperlyConfigured(f"{where} must be a dict like {{'history': 500, 'history_ttl': 3600}}")
-        unknown = set(options) - {"history", "history_ttl"}
+        unknown = set(options) - set(_KNOWN)
         if unknown:
-            raise ImproperlyConfigured(f"{where} has unknown option(s) {sorted(unknown)}; known: history, history_ttl")
+            raise ImproperlyConfigured(f"{where} has unknown option(s) {sorted(unknown)}; known: {', '.join(_KNOWN)}")
+        if not options:
+            raise ImproperlyConfigured(f"{where} turns nothing on: give 'history' (messages kept) and/or 'presence'")
+        presence = options.get("presence", False)
+        if not isinstance(presence, bool):
+            raise ImproperlyConfigured(f"{where}['presence'] must be True or False, got {presence!r}")
         size = options.get("history")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ImproperlyConfigured(f"{where}['history'] must be an int >= 1 (messages kept), got {size!r}")
         ttl = options.get("history_ttl")
-        if ttl is not None and (
-            not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not math.isfinite(ttl) or ttl <= 0
-        ):
-            raise ImproperlyConfigured(
-                f"{where}['history_ttl'] must be seconds > 0 or None (no age limit), got {ttl!r}"
-            )
-        rules.append((pattern, Retention(size, None if ttl is None else float(ttl))))
+        retention = None
+        if size is not None or ttl is not None or not presence:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ImproperlyConfigured(f"{where}['history'] must be an int >= 1 (messages kept), got {size!r}")
+            if ttl is not None and (
+                not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not math.isfinite(ttl) or ttl <= 0
+            ):
+                raise ImproperlyConfigured(
+                    f"{where}['history_ttl'] must be seconds > 0 or None (no age limit), got {ttl!r}"
+                )
+            retention = Retention(size, None if ttl is None else float(ttl))
+        rules.append((pattern, GroupOptions(retention, presence)))
     return tuple(rules)
 
 
 @lru_cache(maxsize=1)
-def _rules() -> tuple[tuple[str, Retention], ...]:
+def _rules() -> tuple[tuple[str, GroupOptions], ...]:
     return parse_groups(get_setting("GROUPS"))
 
 
+_NOTHING = GroupOptions()
+
+
 @lru_cache(maxsize=4096)
-def _match(group: str) -> Retention | None:
-    for pattern, retention in _rules():
+def _match(group: str) -> GroupOptions:
+    for pattern, options in _rules():
         if fnmatch.fnmatchcase(group, pattern):
-            return retention
-    return None
+            return options
+    return _NOTHING
 
 
 def retention_for(group: str) -> Retention | None:
@@ -179,7 +205,12 @@ def retention_for(group: str) -> Retention | None:
     Raises ``ImproperlyConfigured`` when ``TETHER["GROUPS"]`` is malformed
     (the system check ``tether.E030`` reports it at startup too).
     """
-    return _match(group)
+    return _match(group).retention
+
+
+def presence_enabled(group: str) -> bool:
+    """Whether ``group`` has presence (its ``TETHER["GROUPS"]`` pattern says ``"presence": True``)."""
+    return _match(group).presence
 
 
 def _clear(*, setting: str, **kwargs: Any) -> None:

@@ -45,6 +45,9 @@ from .exceptions import Disconnected, InvalidState, InvalidToken
 from .hub import discard, get_hub, groups_of, join_user_group, leave
 from .limits import limit_receive
 from .positions import JoinResult, Position
+from .presence import discard as discard_presence
+from .presence import track, track_user
+from .presence import untrack as untrack_presence
 from .revocation import track_session, track_token, untrack, watch_revocations
 from .security import origin_refusal
 from .urls import Handler, get_handler
@@ -98,10 +101,13 @@ class _Services:
         return user
 
     async def join(self, socket: WebSocket, group: str, since: Position | None = None) -> JoinResult:
-        return await (await get_hub()).join(socket, group, since)
+        joined = await (await get_hub()).join(socket, group, since)
+        await track(socket, group)  # a group with presence gets the socket's entry
+        return joined
 
     async def leave(self, socket: WebSocket, group: str) -> None:
         await leave(socket, group)
+        await untrack_presence(socket, group)
 
     def groups(self, socket: WebSocket) -> frozenset[str]:
         return groups_of(socket)
@@ -113,6 +119,7 @@ class _Services:
             user = await socket.auser()
         if user is not None:
             await join_user_group(socket, user)
+            await track_user(socket, user)  # user_connected, if it has receivers
 
 
 SERVICES = _Services()
@@ -278,6 +285,7 @@ class WebSocketRouter:
         finally:
             self.sockets.discard(socket)
             discard(socket)  # no group keeps a closed socket
+            discard_presence(socket)  # nor any presence list
             untrack(socket)
             if socket.connection_state is not ConnectionState.CLOSED:
                 await socket.close()

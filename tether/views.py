@@ -47,6 +47,8 @@ class SocketView:
             setattr(self, key, value)
         if type(self).group_message is not SocketView.group_message:
             socket.group_hook = _group_hook(self.group_message)  # the default costs nothing per delivery
+        if type(self).presence_info is not SocketView.presence_info:
+            socket.presence_hook = self.presence_info
 
     @classmethod
     def as_handler(cls, **initkwargs: Any) -> Handler:
@@ -131,6 +133,11 @@ class SocketView:
         delays only this socket; if it raises, the socket closes with 1011.
         """
         return message
+
+    def presence_info(self) -> Any:
+        """What others see of this connection in a group with presence (``Member.info``): JSON-encodable,
+        called when it joins such a group. The default: None. Runs on the event loop: no DB here."""
+        return None
 
     # -- hooks -----------------------------------------------------------
 

@@ -184,6 +184,7 @@ class WebSocket:
         self.resolver_match: ResolverMatch | None = None
         self.state = SimpleNamespace()  # free for the application's per-connection data
         self.group_hook: GroupHook | None = None  # see GroupHook; SocketView sets it to group_message
+        self.presence_hook: Callable[[], Any] | None = None  # the info shown in presence; SocketView.presence_info
         self._user: User | None = None
         self._user_lock: asyncio.Lock | None = None
 

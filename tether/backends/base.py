@@ -13,6 +13,11 @@ one atomic step, and the frame is delivered as ``deliver(group, frame,
 position)``; ``read(group, after, limit, retention)`` returns a ``Window`` of
 what the stream holds. After its listener reconnects, a backend calls
 ``self.reconnected()``, so the hub can backfill what it missed meanwhile.
+
+Presence (``tether.presence``): ``presence_add``/``presence_remove``/
+``presence_list`` keep one entry per group and connection, owned by a process
+that ``presence_heartbeat`` keeps alive; ``presence_sweep`` removes the
+entries of processes that stopped beating.
 """
 
 from __future__ import annotations
@@ -166,6 +171,43 @@ class Backend(ABC):
         ``after=None``, the last ``limit``. Creates the stream's epoch if it has none yet, so a position
         given before the first message stays valid. Raises ``BackendUnavailable``."""
         raise NotImplementedError(f"{type(self).__name__} keeps no history; use a group that matches no GROUPS pattern")
+
+    # -- presence (tether.presence) ----------------------------------------------
+    # One entry per (group, connection), owned by a process id; a process is alive while its
+    # deadline (refreshed by presence_heartbeat) is in the future. Entries of a dead process are
+    # invisible to presence_list/presence_add/presence_remove and removed by presence_sweep.
+    # Events (join/leave) are ordinary publishes on a channel of tether's own; the backend only stores.
+
+    async def presence_add(
+        self, group: str, connection: str, user: str | None, member: str, process: str, ttl: float
+    ) -> bool:
+        """Store ``member`` (JSON text) for ``connection`` in ``group``, owned by ``process``, and extend
+        ``process``'s deadline to ``ttl`` seconds from now. Returns True when no other live entry of
+        ``user`` is in the group (always True for ``user`` None). Raises ``BackendUnavailable``."""
+        raise NotImplementedError(f"{type(self).__name__} has no presence")
+
+    async def presence_remove(self, group: str, connection: str) -> tuple[str | None, bool]:
+        """Remove ``connection``'s entry from ``group``: returns the member it held (None if there was
+        none: then this call removed nothing) and whether no other live entry of its user remains."""
+        raise NotImplementedError(f"{type(self).__name__} has no presence")
+
+    async def presence_list(self, group: str) -> list[str]:
+        """The members (JSON texts) of ``group``'s live entries, in no particular order."""
+        raise NotImplementedError(f"{type(self).__name__} has no presence")
+
+    async def presence_heartbeat(self, process: str, ttl: float) -> bool:
+        """Extend ``process``'s deadline to ``ttl`` seconds from now. Returns False when ``process``
+        was unknown (new, or swept as dead meanwhile: its entries are gone and must be added again)."""
+        raise NotImplementedError(f"{type(self).__name__} has no presence")
+
+    async def presence_sweep(self) -> list[tuple[str, str, bool]]:
+        """Remove the entries of every process past its deadline, each claimed by exactly one caller:
+        ``(group, member, last)`` per removed entry, ``last`` when no live entry of its user remains."""
+        raise NotImplementedError(f"{type(self).__name__} has no presence")
+
+    async def presence_forget(self, process: str) -> None:
+        """Drop ``process``'s deadline (it stops cleanly after removing its entries)."""
+        raise NotImplementedError(f"{type(self).__name__} has no presence")
 
 
 def load_backend(deliver: Deliver | None = None) -> Backend:

@@ -51,6 +51,21 @@ class _Ring:
 
 _rings: dict[str, _Ring] = {}
 
+# presence: group -> connection -> (process, user, member); process -> deadline (monotonic)
+_presence: dict[str, dict[str, tuple[str, str | None, str]]] = {}
+_deadlines: dict[str, float] = {}
+
+
+def _alive(process: str, now: float) -> bool:
+    return _deadlines.get(process, 0.0) > now
+
+
+def _others(group: str, connection: str, user: str | None, now: float) -> bool:
+    """Whether a live entry of ``user`` other than ``connection`` is in ``group``."""
+    if user is None:
+        return False
+    return any(c != connection and u == user and _alive(p, now) for c, (p, u, _) in _presence.get(group, {}).items())
+
 
 def _ring(group: str) -> _Ring:
     ring = _rings.get(group)
@@ -158,3 +173,55 @@ class MemoryBackend(Backend):
                 else:
                     _subscribers.pop(group, None)
             self._groups.clear()
+
+    # -- presence ------------------------------------------------------------
+
+    async def presence_add(
+        self, group: str, connection: str, user: str | None, member: str, process: str, ttl: float
+    ) -> bool:
+        with _lock:
+            now = time.monotonic()
+            _deadlines[process] = now + ttl
+            _presence.setdefault(group, {})[connection] = (process, user, member)
+            return not _others(group, connection, user, now)
+
+    async def presence_remove(self, group: str, connection: str) -> tuple[str | None, bool]:
+        with _lock:
+            entries = _presence.get(group)
+            entry = entries.pop(connection, None) if entries is not None else None
+            if entries is not None and not entries:
+                del _presence[group]
+            if entry is None:
+                return None, False
+            return entry[2], not _others(group, connection, entry[1], time.monotonic())
+
+    async def presence_list(self, group: str) -> list[str]:
+        with _lock:
+            now = time.monotonic()
+            return [member for process, _, member in _presence.get(group, {}).values() if _alive(process, now)]
+
+    async def presence_heartbeat(self, process: str, ttl: float) -> bool:
+        with _lock:
+            known = process in _deadlines
+            _deadlines[process] = time.monotonic() + ttl
+            return known
+
+    async def presence_sweep(self) -> list[tuple[str, str, bool]]:
+        with _lock:
+            now = time.monotonic()
+            dead = {process for process, deadline in _deadlines.items() if deadline <= now}
+            for process in dead:
+                del _deadlines[process]
+            removed = []
+            for group, entries in list(_presence.items()):
+                gone = [(c, e) for c, e in entries.items() if e[0] not in _deadlines or e[0] in dead]
+                for connection, _ in gone:
+                    del entries[connection]
+                if not entries:
+                    del _presence[group]
+                removed += [(group, e[2], not _others(group, c, e[1], now)) for c, e in gone]
+            return removed
+
+    async def presence_forget(self, process: str) -> None:
+        with _lock:
+            _deadlines.pop(process, None)

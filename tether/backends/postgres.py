@@ -31,6 +31,12 @@ group. ``broadcast_on_commit`` runs the same statement in the caller's own
 transaction (``publish_in_transaction``): a transactional outbox, published
 once if and only if the transaction commits.
 
+Presence: ``tether_presence`` holds one row per group and connection (its
+member JSON, user and owning process), ``tether_presence_process`` each
+process's deadline (database time); a row of a process past its deadline
+doesn't count, and one statement sweeps them (``DELETE ... RETURNING``, so
+each is removed once).
+
 Options: ``database`` (default ``"default"``), ``subscribe_timeout`` (5 s),
 ``payload_ttl`` (300 s).
 """
@@ -88,6 +94,62 @@ k AS (
 )
 SELECT s.epoch, s.top, (SELECT min(seq) FROM k), e.seq, e.data
 FROM s LEFT JOIN LATERAL (SELECT seq, data FROM k WHERE {where} ORDER BY seq {order} LIMIT %(limit)s) e ON true
+"""
+
+
+_LIVE_OTHERS = """
+    SELECT 1 FROM tether_presence o JOIN tether_presence_process q USING (process)
+    WHERE o.group_name = {group} AND o.user_id = {user} AND o.connection <> {connection} AND q.deadline > now()
+"""
+
+_PRESENCE_ADD = (
+    """
+WITH p AS (
+    INSERT INTO tether_presence_process (process, deadline)
+    VALUES (%(process)s, now() + make_interval(secs => %(ttl)s::float8))
+    ON CONFLICT (process) DO UPDATE SET deadline = EXCLUDED.deadline
+), e AS (
+    INSERT INTO tether_presence (group_name, connection, process, user_id, member)
+    VALUES (%(group)s, %(connection)s, %(process)s, %(user)s, %(member)s)
+    ON CONFLICT (group_name, connection) DO UPDATE
+    SET process = EXCLUDED.process, user_id = EXCLUDED.user_id, member = EXCLUDED.member
+)
+SELECT NOT EXISTS ("""
+    + _LIVE_OTHERS.format(group="%(group)s", user="%(user)s", connection="%(connection)s")
+    + ")"
+)
+
+_PRESENCE_REMOVE = (
+    """
+WITH d AS (
+    DELETE FROM tether_presence WHERE group_name = %(group)s AND connection = %(connection)s RETURNING user_id, member
+)
+SELECT d.member, NOT EXISTS ("""
+    + _LIVE_OTHERS.format(group="%(group)s", user="d.user_id", connection="%(connection)s")
+    + ") FROM d"
+)
+
+_PRESENCE_SWEEP = (
+    """
+WITH dead AS (
+    DELETE FROM tether_presence_process WHERE deadline <= now() RETURNING process
+), gone AS (
+    DELETE FROM tether_presence WHERE process IN (SELECT process FROM dead)
+    RETURNING group_name, connection, user_id, member
+)
+SELECT g.group_name, g.member, NOT EXISTS ("""
+    + _LIVE_OTHERS.format(group="g.group_name", user="g.user_id", connection="g.connection")
+    + ") FROM gone g"
+)
+
+_PRESENCE_HEARTBEAT = """
+WITH old AS (SELECT deadline > now() AS alive FROM tether_presence_process WHERE process = %(process)s),
+u AS (
+    INSERT INTO tether_presence_process (process, deadline)
+    VALUES (%(process)s, now() + make_interval(secs => %(ttl)s::float8))
+    ON CONFLICT (process) DO UPDATE SET deadline = EXCLUDED.deadline
+)
+SELECT coalesce((SELECT alive FROM old), false)
 """
 
 
@@ -407,6 +469,41 @@ class PostgresBackend(Backend):
             self.deliver(group, frame)
         else:
             self.deliver(group, frame, position)
+
+    # -- presence ------------------------------------------------------------
+
+    async def presence_add(
+        self, group: str, connection: str, user: str | None, member: str, process: str, ttl: float
+    ) -> bool:
+        """One statement: extend the process's deadline, upsert the entry, look for the user's other ones."""
+        params = {"group": group, "connection": connection, "user": user, "member": member, "process": process}
+        rows = await self._execute_named(_PRESENCE_ADD, {**params, "ttl": ttl})
+        return bool(rows[0][0])
+
+    async def presence_remove(self, group: str, connection: str) -> tuple[str | None, bool]:
+        rows = await self._execute_named(_PRESENCE_REMOVE, {"group": group, "connection": connection})
+        if not rows:
+            return None, False
+        return str(rows[0][0]), bool(rows[0][1])
+
+    async def presence_list(self, group: str) -> list[str]:
+        rows = await self._execute(
+            "SELECT e.member FROM tether_presence e JOIN tether_presence_process q USING (process) "
+            "WHERE e.group_name = %s AND q.deadline > now()",
+            (group,),
+        )
+        return [str(row[0]) for row in rows]
+
+    async def presence_heartbeat(self, process: str, ttl: float) -> bool:
+        rows = await self._execute_named(_PRESENCE_HEARTBEAT, {"process": process, "ttl": ttl})
+        return bool(rows[0][0])
+
+    async def presence_sweep(self) -> list[tuple[str, str, bool]]:
+        rows = await self._execute(_PRESENCE_SWEEP, ())
+        return [(str(group), str(member), bool(last)) for group, member, last in rows]
+
+    async def presence_forget(self, process: str) -> None:
+        await self._execute("DELETE FROM tether_presence_process WHERE process = %s", (process,))
 
 
 def _inline(frame: Frame, limit: int) -> str:

@@ -19,6 +19,14 @@ with its position, so every process sees one order. When the keys are gone
 (flushed, expired after ``history_ttl`` without a message, evicted) the
 next script makes a new epoch.
 
+Presence: a hash per group, ``<prefix>presence:<group>`` (connection ->
+``<process>\\n<member JSON>``), a sorted set ``<prefix>presence-procs`` of the
+processes by deadline (Redis time), and per process a set of the hashes it
+has entries in (``<prefix>presence-groups:<process>``). Entries of a process
+past its deadline don't count; one Lua script sweeps them (atomic, so each is
+removed once). The scripts touch keys they compute, so presence needs a single
+Redis, not a Cluster.
+
 Options (``TETHER["OPTIONS"]``): ``url`` (default ``redis://127.0.0.1:6379/0``),
 ``prefix`` (default ``tether:``), ``subscribe_timeout`` in seconds (default 5).
 """
@@ -120,6 +128,121 @@ if limit > 0 and keep then
       out[#out + 1] = entry[2][4]
     end
   end
+end
+return out
+"""
+)
+
+
+# -- presence scripts ------------------------------------------------------------
+
+_PRESENCE_PROLOGUE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function split(value)
+  local nl = string.find(value, '\\n', 1, true)
+  return string.sub(value, 1, nl - 1), string.sub(value, nl + 1)
+end
+local function user_of(member)
+  local user = cjson.decode(member)['user']
+  if user == cjson.null then return nil end
+  return user
+end
+local function alive(procs, process)
+  local deadline = redis.call('ZSCORE', procs, process)
+  return deadline and tonumber(deadline) > now
+end
+-- whether a live entry of user other than connection is in the hash
+local function others(hash, procs, connection, user)
+  if user == nil then return false end
+  local all = redis.call('HGETALL', hash)
+  for i = 1, #all, 2 do
+    if all[i] ~= connection then
+      local process, member = split(all[i + 1])
+      if alive(procs, process) and user_of(member) == user then return true end
+    end
+  end
+  return false
+end
+"""
+
+# KEYS: hash, procs, groups-of-process. ARGV: connection, process, member, ttl_ms. Returns 1 if first of its user.
+_PRESENCE_ADD = (
+    _PRESENCE_PROLOGUE
+    + """
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\\n' .. ARGV[3])
+redis.call('SADD', KEYS[3], KEYS[1])
+if others(KEYS[1], KEYS[2], ARGV[1], user_of(ARGV[3])) then return 0 end
+return 1
+"""
+)
+
+# KEYS: hash, procs. ARGV: connection. Returns {member or '', 1 if it was the user's last}.
+_PRESENCE_REMOVE = (
+    _PRESENCE_PROLOGUE
+    + """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return {'', 0} end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local process, member = split(value)
+if others(KEYS[1], KEYS[2], ARGV[1], user_of(member)) then return {member, 0} end
+return {member, 1}
+"""
+)
+
+# KEYS: hash, procs. Returns the members of live entries.
+_PRESENCE_LIST = (
+    _PRESENCE_PROLOGUE
+    + """
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local process, member = split(all[i + 1])
+  if alive(KEYS[2], process) then out[#out + 1] = member end
+end
+return out
+"""
+)
+
+# KEYS: procs. ARGV: process, ttl_ms. Returns 1 if the process was known (and alive).
+_PRESENCE_HEARTBEAT = (
+    _PRESENCE_PROLOGUE
+    + """
+local known = alive(KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if known then return 1 end
+return 0
+"""
+)
+
+# KEYS: procs. ARGV: prefix of the groups-of-process sets. Returns {hash, member, last, ...} of what it removed.
+_PRESENCE_SWEEP = (
+    _PRESENCE_PROLOGUE
+    + """
+local removed = {}
+for _, process in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], process)
+  local owned = ARGV[1] .. process
+  for _, hash in ipairs(redis.call('SMEMBERS', owned)) do
+    local all = redis.call('HGETALL', hash)
+    for i = 1, #all, 2 do
+      local owner, member = split(all[i + 1])
+      if owner == process then
+        redis.call('HDEL', hash, all[i])
+        removed[#removed + 1] = {hash, all[i], member}
+      end
+    end
+  end
+  redis.call('DEL', owned)
+end
+local out = {}
+for _, entry in ipairs(removed) do
+  local last = 1
+  if others(entry[1], KEYS[1], entry[2], user_of(entry[3])) then last = 0 end
+  out[#out + 1] = entry[1]
+  out[#out + 1] = entry[3]
+  out[#out + 1] = last
 end
 return out
 """
@@ -322,6 +445,46 @@ class RedisBackend(Backend):
             future = self._confirmed.get(message["channel"])
             if future is not None and not future.done():
                 future.set_result(None)
+
+    # -- presence ------------------------------------------------------------
+
+    def _presence_keys(self, group: str) -> list[str]:
+        return [f"{self.prefix}presence:{group}", f"{self.prefix}presence-procs"]
+
+    async def presence_add(
+        self, group: str, connection: str, user: str | None, member: str, process: str, ttl: float
+    ) -> bool:
+        """One script: extend the process's deadline, store the entry, look for the user's other ones."""
+        keys = [*self._presence_keys(group), f"{self.prefix}presence-groups:{process}"]
+        first = await self._script(_PRESENCE_ADD, keys, connection, process, member, _ms(ttl))
+        return bool(first)
+
+    async def presence_remove(self, group: str, connection: str) -> tuple[str | None, bool]:
+        member, last = await self._script(_PRESENCE_REMOVE, self._presence_keys(group), connection)
+        return (member.decode() or None), bool(last)
+
+    async def presence_list(self, group: str) -> list[str]:
+        members = await self._script(_PRESENCE_LIST, self._presence_keys(group))
+        return [member.decode() for member in members]
+
+    async def presence_heartbeat(self, process: str, ttl: float) -> bool:
+        known = await self._script(_PRESENCE_HEARTBEAT, [f"{self.prefix}presence-procs"], process, _ms(ttl))
+        return bool(known)
+
+    async def presence_sweep(self) -> list[tuple[str, str, bool]]:
+        reply = await self._script(_PRESENCE_SWEEP, [f"{self.prefix}presence-procs"], f"{self.prefix}presence-groups:")
+        head = len(f"{self.prefix}presence:")
+        return [(reply[i].decode()[head:], reply[i + 1].decode(), bool(reply[i + 2])) for i in range(0, len(reply), 3)]
+
+    async def presence_forget(self, process: str) -> None:
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        try:
+            await self._client.zrem(f"{self.prefix}presence-procs", process)
+            await self._client.delete(f"{self.prefix}presence-groups:{process}")
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
 
 
 def _ms(ttl: float | None) -> int:
