@@ -230,7 +230,7 @@ async def test_hub_backfills_what_it_missed_after_a_reconnect(backend: str) -> N
         assert [m["data"]["n"] for m in got] == [4, 5, 6]
         await broadcast(group, {"n": "sentinel"})
         assert (await ws.receive_json())["data"]["n"] == "sentinel"
-        assert hub.gaps == 0
+        assert hub.streams.gaps == 0
 
 
 # -- settings ----------------------------------------------------------------------

@@ -21,9 +21,9 @@ Every message dropped adds to ``Hub.dropped_messages``. Publishing lives in
 
 Groups with history (``TETHER["GROUPS"]``, see ``tether.positions``) arrive
 with a position, and the hub hands them to its members strictly in offset
-order (``_Stream``): a duplicate is dropped, and a gap (a message that got
-ahead of one lost while the broker connection was down) holds the later ones
-back while the missing ones are read from the stream. After the backend
+order (``tether.streams``): a duplicate is dropped, and a gap (a message that
+got ahead of one lost while the broker connection was down) holds the later
+ones back while the missing ones are read from the stream. After the backend
 reconnects, every such group is read from its last offset, so sockets see no
 gap the window covers. ``join(group, since=position)`` buffers the group's
 live messages for the new member while it reads the stream after ``since``,
@@ -48,6 +48,7 @@ from .conf import get_setting
 from .exceptions import BackendUnavailable, InvalidState
 from .groups import is_internal, user_group, validate_group
 from .positions import HistoryPage, JoinResult, Position, Retention, Window, retention_for
+from .streams import Streams
 from .websocket import ConnectionState, WebSocket
 
 __all__ = [
@@ -84,21 +85,6 @@ S = TypeVar("S", bound=HubService)
 Item = tuple[str, Frame, "Position | None"]  # one delivery: group, frame, position (history groups)
 
 _MAX_OFFSET = 2**53  # offsets past this can't be a real stream's (Lua numbers are doubles)
-
-BACKFILL_BATCH = 500  # entries read per round trip when the hub or a joining socket catches up
-
-
-class _Stream:
-    """This process's place in one history group's stream: what it handed to its members so far."""
-
-    __slots__ = ("epoch", "filling", "last", "pending", "retention")
-
-    def __init__(self, retention: Retention) -> None:
-        self.retention = retention
-        self.epoch: str | None = None
-        self.last: int | None = None  # newest offset handed to local members, in order
-        self.pending: dict[int, tuple[Frame, Position]] = {}  # arrived after a gap, held until it is filled
-        self.filling = False  # a backfill task reads the stream
 
 
 class _Member:
@@ -221,7 +207,8 @@ class Hub:
         self.loop = loop
         self.backend = backend if backend is not None else load_backend(self._deliver)
         self.backend.deliver = self._deliver
-        self.backend.reconnected = self._reconnected
+        self.streams = Streams(self._fan_out, self._read, self._spawn, self._floors, self._forget_floors)
+        self.backend.reconnected = self.streams.reconnected
         self.queue_size = int(get_setting("QUEUE_SIZE"))
         if self.queue_size < 1:
             raise ValueError(f"TETHER['QUEUE_SIZE'] must be at least 1, got {self.queue_size}")
@@ -236,8 +223,6 @@ class Hub:
         self.published = 0
         self._fanout: dict[str, tuple[_Member, ...]] = {}  # snapshot per group, rebuilt on change
         self._watchers: dict[str, list[Watcher]] = {}  # process-level listeners per group (watch())
-        self._streams: dict[str, _Stream] = {}  # history groups this process subscribes to
-        self.gaps = 0  # history messages lost to this process because the window no longer held them
         self._subscribed: set[str] = set()  # groups the backend confirmed (or will make on reconnect)
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per group: lock, [tasks using it]
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -335,20 +320,20 @@ class Hub:
             if retention is None:
                 return JoinResult()
             if joined:
-                stream = self._streams.get(group)
-                known = stream is not None and stream.epoch is not None and stream.last is not None
-                return JoinResult(False, Position(stream.last, stream.epoch) if known else None)  # type: ignore[union-attr,arg-type]
+                return JoinResult(False, self.streams.position(group))
             if since is not None and not (isinstance(since.offset, int) and 0 <= since.offset < _MAX_OFFSET):
                 since = Position(-1, "")  # a client's nonsense: nothing to recover, never a broker error
             after = since.offset if since is not None and since.offset >= 0 else None
             window = await self.backend.read(group, after, 0 if after is None else retention.size, retention)
         except BaseException:
             if not joined and member.buffers is not None and group in member.buffers:
-                self._release(member, group, None)
+                self._release(member, group, retention, None)
             raise
-        return self._release(member, group, (window, since))
+        return self._release(member, group, retention, (window, since))
 
-    def _release(self, member: _Member, group: str, read: tuple[Window, Position | None] | None) -> JoinResult:
+    def _release(
+        self, member: _Member, group: str, retention: Retention | None, read: tuple[Window, Position | None] | None
+    ) -> JoinResult:
         """End a history join: send what the stream read holds after ``since``, then the buffered live messages."""
         buffered = member.buffers.pop(group, []) if member.buffers is not None else []
         if member.buffers is not None and not member.buffers:
@@ -360,7 +345,8 @@ class Hub:
                 member.offer(item)
             return JoinResult()
         window, since = read
-        self._stream(group)  # exists from now on, so a reconnect reads the stream from this socket's floor
+        if group in self._subscribed and retention is not None:  # followed from now on: a reconnect reads
+            self.streams.open(group, retention)  # the stream from this socket's floor
         entries = window.entries
         recovered = (
             since is not None
@@ -485,7 +471,7 @@ class Hub:
                     self._subscribed.add(group)  # only now: concurrent joiners wait on the lock until here
                 elif not wanted and group in self._subscribed:
                     self._subscribed.discard(group)
-                    self._streams.pop(group, None)
+                    self.streams.close(group)
                     try:
                         await self.backend.unsubscribe(group)
                     except Exception:
@@ -541,134 +527,31 @@ class Hub:
         window = await self.backend.read(group, None if since is None else since.offset, limit, retention)
         return window.page(since)
 
-    def _stream(self, group: str) -> _Stream | None:
-        stream = self._streams.get(group)
-        if stream is None and group in self._subscribed:
-            retention = retention_for(group)
-            if retention is not None:
-                stream = self._streams[group] = _Stream(retention)
-        return stream
-
     def _deliver(self, group: str, frame: Frame, position: Position | None = None) -> None:
         """Called by the backend for each incoming frame: queue it for every local member.
 
-        A history message goes through its group's ``_Stream``: in offset order, once.
+        A history message goes through ``self.streams``: in offset order, once.
         """
         if position is not None:
-            stream = self._stream(group)
-            if stream is not None:
-                self._order(group, stream, frame, position)
+            if self.streams.deliver(group, frame, position):
+                return
+            retention = retention_for(group) if group in self._subscribed else None
+            if retention is not None:  # a history group joined without a stream read (it failed): follow it now
+                self.streams.open(group, retention)
+                self.streams.deliver(group, frame, position)
                 return
         self._fan_out(group, frame, position)
 
-    def _order(self, group: str, stream: _Stream, frame: Frame, position: Position) -> None:
-        if stream.epoch != position.epoch:
-            if stream.epoch is not None:
-                self._new_epoch(group, stream, position.epoch)
-            stream.epoch = position.epoch
-        if stream.last is None:
-            stream.last = self._baseline(group, position.offset - 1)
-        offset = position.offset
-        if offset <= stream.last:
-            return  # a duplicate (already read from the stream)
-        if stream.filling or offset > stream.last + 1:
-            stream.pending[offset] = (frame, position)
-            if not stream.filling:
-                self._backfill(group, stream)
-            return
-        stream.last = offset
-        self._fan_out(group, frame, position)
+    def _floors(self, group: str) -> list[int]:
+        """The floors of ``group``'s members that joined by reading its stream (``Streams``' baseline)."""
+        return [m.floors[group] for m in self._fanout.get(group, ()) if m.floors is not None and group in m.floors]
 
-    def _backfill(self, group: str, stream: _Stream) -> None:
-        stream.filling = True
-        self._spawn(self._fill(group, stream))
-
-    async def _fill(self, group: str, stream: _Stream) -> None:
-        """Read ``group``'s stream after the last offset handed out, until the gap is closed."""
-        try:
-            while self._streams.get(group) is stream and stream.last is not None:
-                try:
-                    window = await self.backend.read(group, stream.last, BACKFILL_BATCH, stream.retention)
-                except BackendUnavailable as exc:
-                    logger.warning("Reading the history of group %s failed (%s); will retry on reconnect", group, exc)
-                    return
-                if self._streams.get(group) is not stream or stream.last is None:
-                    return
-                if stream.epoch is None:
-                    stream.epoch = window.epoch
-                if window.epoch != stream.epoch:  # the stream was lost meanwhile: start over in the new one
-                    self._new_epoch(group, stream, window.epoch)
-                    continue
-                if window.first > stream.last + 1:
-                    lost = window.first - 1 - stream.last
-                    self.gaps += lost
-                    logger.warning(
-                        "%d message(s) of group %s are no longer in its history window; skipped", lost, group
-                    )
-                    stream.last = window.first - 1
-                for offset, frame in window.entries:
-                    if offset == stream.last + 1:
-                        stream.last = offset
-                        stream.pending.pop(offset, None)
-                        self._fan_out(group, frame, Position(offset, window.epoch))
-                self._drain(group, stream)
-                if not stream.pending and stream.last >= window.top:
-                    return
-                if not window.entries and stream.pending:  # the stream can't fill it: skip to what arrived
-                    skip_to = min(stream.pending)
-                    self.gaps += skip_to - 1 - stream.last
-                    logger.warning(
-                        "Messages %d-%d of group %s could not be read back; skipped",
-                        stream.last + 1,
-                        skip_to - 1,
-                        group,
-                    )
-                    stream.last = skip_to - 1
-                    self._drain(group, stream)
-                    if not stream.pending:
-                        return
-        finally:
-            stream.filling = False
-
-    def _drain(self, group: str, stream: _Stream) -> None:
-        """Hand out the held messages that follow the last one, and forget those already handed out."""
-        pending = stream.pending
-        assert stream.last is not None
-        while stream.last + 1 in pending:
-            stream.last += 1
-            frame, position = pending.pop(stream.last)
-            self._fan_out(group, frame, position)
-        for offset in [offset for offset in pending if offset <= stream.last]:
-            del pending[offset]
-
-    def _new_epoch(self, group: str, stream: _Stream, epoch: str) -> None:
-        """``group``'s stream was lost and a new one began: hand out the new one from its start."""
-        logger.warning("The history of group %s was lost (new epoch %s); going on with the new one", group, epoch)
+    def _forget_floors(self, group: str) -> None:
         for member in self._fanout.get(group, ()):
             member.forget(group)
-        stream.epoch = epoch
-        stream.last = 0
-        stream.pending = {k: v for k, v in stream.pending.items() if v[1].epoch == epoch}
 
-    def _baseline(self, group: str, default: int) -> int:
-        """Where the hub starts handing out ``group``: the lowest offset its members already have.
-
-        The hub makes no claim of its own until the first message arrives (two
-        sockets may join at different tops); a member's floor is the top of the
-        stream read that joined it, so a gap after it is read back.
-        """
-        floors = [m.floors[group] for m in self._fanout.get(group, ()) if m.floors is not None and group in m.floors]
-        return min([default, *floors])
-
-    def _reconnected(self) -> None:
-        """The backend's listener is back: read each history group's stream from where this process stopped."""
-        for group, stream in self._streams.items():
-            if stream.last is None:
-                floors = self._baseline(group, -1)
-                if floors >= 0:
-                    stream.last = floors
-            if stream.last is not None and not stream.filling:
-                self._backfill(group, stream)
+    async def _read(self, group: str, after: int, limit: int, retention: Retention) -> Window:
+        return await self.backend.read(group, after, limit, retention)
 
     def _fan_out(self, group: str, frame: Frame, position: Position | None) -> None:
         watchers = self._watchers.get(group)
@@ -705,7 +588,7 @@ class Hub:
         return {
             "groups": len(self.groups),
             "members": len(self.members),
-            "history_gaps": self.gaps,
+            "history_gaps": self.streams.gaps,
             "published": self.published,
             "dropped_messages": self.dropped_messages,
             "tasks": len(self._tasks),
