@@ -55,9 +55,9 @@ PROTOCOL = "tether.v1"
 """The subprotocol a client offers and the server selects; a new incompatible version gets a new name."""
 
 MAX_QUEUED_COMMANDS = 1000
+"""Commands waiting for their turn on one connection; past this, a command is answered ``rate_limited``."""
 HISTORY_LIMIT = 1000
 """The most messages one ``history`` command returns (and its default ``limit``)."""
-"""Commands waiting for their turn on one connection; past this, a command is answered ``rate_limited``."""
 
 
 class ErrorCode:
