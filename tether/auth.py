@@ -44,6 +44,8 @@ from django.contrib.auth import (
 from django.core import signing
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.signals import setting_changed
+from django.db.models import Model
+from django.db.models.base import ModelState
 from django.http import HttpRequest, JsonResponse
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
@@ -150,10 +152,22 @@ async def aresolve_login(socket: WebSocket) -> tuple[User, str | None]:
 
 
 class _Entry:
-    __slots__ = ("expires", "login_ref", "user", "user_pk")
+    __slots__ = ("digest", "expires", "login_ref", "user", "user_pk")
 
     def __init__(self, user: User, login_ref: str | None, expires: float) -> None:
         self.user, self.login_ref, self.expires, self.user_pk = user, login_ref, expires, str(user.pk)
+        self.digest = credential_digest(user)
+
+
+def _own_copy(user: User) -> User:
+    """A user instance of its own, as a fresh read gives (a handler may change and save it)."""
+    if not isinstance(user, Model):
+        return copy.copy(user)
+    clone = user.__class__.__new__(user.__class__)
+    clone.__dict__.update(user.__dict__)
+    clone._state = ModelState()  # no cached relations: they load again, like on a fresh instance
+    clone._state.db, clone._state.adding = user._state.db, False
+    return cast(User, clone)
 
 
 _cache: dict[str, _Entry] = {}
@@ -167,18 +181,19 @@ def login_generation() -> int:
     return _generation
 
 
-def cached_login(session_key: str) -> tuple[User, str | None] | None:
-    """``(a copy of the user, login id)`` for a session validated in the last ``LOGIN_CACHE``
-    seconds and not revoked since, else None. No I/O."""
-    entry = _cache.get(session_ref(session_key))
+def cached_login(session_key: str) -> tuple[User, str | None, str] | None:
+    """``(a copy of the user, login id, credential_digest(user))`` for a session validated in the
+    last ``LOGIN_CACHE`` seconds and not revoked since, else None. No I/O."""
+    ref = session_ref(session_key)
+    entry = _cache.get(ref)
     if entry is None:
         return None
     if entry.expires <= time.monotonic():
         with _cache_lock:
-            if _cache.get(session_ref(session_key)) is entry:
-                del _cache[session_ref(session_key)]
+            if _cache.get(ref) is entry:
+                del _cache[ref]
         return None
-    return copy.copy(entry.user), entry.login_ref  # each socket its own instance, as a fresh read gives
+    return _own_copy(entry.user), entry.login_ref, entry.digest
 
 
 def remember_login(session_key: str, user: User, login_ref: str | None, ttl: float, generation: int) -> bool:
@@ -187,7 +202,7 @@ def remember_login(session_key: str, user: User, login_ref: str | None, ttl: flo
     if ttl <= 0 or not user.is_authenticated:
         return False
     ref = session_ref(session_key)
-    entry = _Entry(copy.copy(user), login_ref, time.monotonic() + ttl)
+    entry = _Entry(_own_copy(user), login_ref, time.monotonic() + ttl)
     with _cache_lock:
         if _generation != generation:
             return False

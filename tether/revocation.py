@@ -403,8 +403,11 @@ async def watch_revocations() -> None:
 # -- the sockets, as the router serves them -----------------------------------------
 
 
-def track_session(socket: WebSocket, user: Any, session_key: str, login_ref: str | None, started: float) -> str | None:
-    """Register a socket whose session signs in ``user``; ``started``: ``loop.time()`` before the read.
+def track_session(
+    socket: WebSocket, user: Any, session_key: str, login_ref: str | None, started: float, digest: str | None = None
+) -> str | None:
+    """Register a socket whose session signs in ``user``; ``started``: ``loop.time()`` before the read;
+    ``digest``: ``credential_digest(user)`` if known (computed otherwise).
 
     Returns why that login ended while it was being read (the socket then is
     not registered and should be treated as anonymous), else None.
@@ -413,7 +416,7 @@ def track_session(socket: WebSocket, user: Any, session_key: str, login_ref: str
     login = _Login(str(user.pk))
     login.session_key, login.session_ref = session_key, session_ref(session_key)
     login.login_ref = str(login_ref) if login_ref else None
-    login.digest = credential_digest(user)  # what it stands on if its session key changes under it
+    login.digest = credential_digest(user) if digest is None else digest  # what it stands on if its key changes
     why = registry.ended_meanwhile(login, started)
     if why is not None:
         return why

@@ -89,9 +89,12 @@ class _Services:
         ttl = await self.login_cache_ttl()
         hit = cached_login(key) if ttl else None
         generation = login_generation()
-        user, login_ref = hit if hit is not None else await aresolve_login(socket)
+        if hit is not None:
+            user, login_ref, digest = hit
+        else:
+            (user, login_ref), digest = await aresolve_login(socket), None
         if user.is_authenticated:
-            why = track_session(socket, user, key, login_ref, started)
+            why = track_session(socket, user, key, login_ref, started, digest)
             if why is not None:
                 auth_logger.info(
                     "Websocket %s: the session of user %s ended while it connected (%s); treated as anonymous",

@@ -3,6 +3,11 @@
 BENCH_APP      raw | channels | tether (which extra app goes into INSTALLED_APPS)
 BENCH_BACKEND  memory | redis | pubsub | postgres (channel layer / tether backend / raw broker)
 BENCH_DB       the SQLite file holding sessions and users (bench/run.py creates it)
+BENCH_SESSIONS where the authenticated handshake's session and user live: sqlite (default: the db
+               session engine on SQLite), postgres (the db engine on PostgreSQL, database
+               BENCH_PG_DB), cached_db (sessions in the local-memory cache over SQLite)
+BENCH_LOGIN_CACHE  seconds of tether's TETHER["LOGIN_CACHE"] (default: tether's own); 0 turns it
+               off, as a Redis or PostgreSQL backend does
 """
 
 import os
@@ -40,7 +45,10 @@ DATABASES = {
         "NAME": os.environ.get("BENCH_DB", str(Path(__file__).resolve().parent.parent / ".data" / "bench.sqlite3")),
     }
 }
-if BACKEND == "postgres":
+SESSIONS = os.environ.get("BENCH_SESSIONS", "sqlite")
+if SESSIONS == "cached_db":
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+if BACKEND == "postgres" or SESSIONS == "postgres":
     DATABASES["default"] = {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": os.environ.get("BENCH_PG_DB", "test"),
@@ -70,6 +78,8 @@ TETHER = {
     "redis": {"BACKEND": "tether.backends.redis.RedisBackend", "OPTIONS": {"url": REDIS_URL}},
     "postgres": {"BACKEND": "tether.backends.postgres.PostgresBackend", "OPTIONS": {"database": "default"}},
 }.get(BACKEND, {})
+if os.environ.get("BENCH_LOGIN_CACHE"):
+    TETHER = {**TETHER, "LOGIN_CACHE": float(os.environ["BENCH_LOGIN_CACHE"]) or None}
 
 if os.environ.get("BENCH_TRACEMALLOC"):  # bench/run.py --memtrace: where memory per connection goes
     from bench.apps.memtrace import install
