@@ -37,7 +37,6 @@ from django.contrib.auth import (
     BACKEND_SESSION_KEY,
     HASH_SESSION_KEY,
     SESSION_KEY,
-    get_user,
     get_user_model,
     load_backend,
 )
@@ -50,6 +49,7 @@ from django.http import HttpRequest, JsonResponse
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 
+from ._logins import get_user
 from ._types import User
 from .conf import get_setting
 from .exceptions import InvalidToken
@@ -126,7 +126,7 @@ async def resolve_user(socket: WebSocket) -> User:
 
 
 def _login_of(socket: WebSocket) -> tuple[User, str | None]:
-    user = cast(User, get_user(cast(Any, socket)))  # it reads only ``.session``
+    user = cast(User, get_user(socket))  # Django's get_user, by SQL compiled once where it can (tether._logins)
     return user, (socket.session.get(LOGIN_KEY) if user.is_authenticated else None)
 
 
