@@ -411,6 +411,9 @@ s[HASH_SESSION_KEY] = user.get_session_auth_hash()
 s.create()
 print(s.session_key)
 """
+    if os.environ.get("BENCH_SESSIONS") == "postgres" and (why := prepare_postgres()):
+        raise RuntimeError(f"BENCH_SESSIONS=postgres: {why}")
+    env.setdefault("BENCH_PG_DB", "tether_bench")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"could not prepare the benchmark database:\n{out.stderr}")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,13 @@ def postgres() -> None:
 @pytest.fixture
 def redis_server() -> None:
     require_service("Redis", "127.0.0.1", 6379)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_login_cache() -> Iterator[None]:
+    """Each test starts with tether's login cache empty (it is per process, like the hub)."""
+    from tether.auth import forget_logins
+
+    forget_logins(everything=True)
+    yield
+    forget_logins(everything=True)

@@ -130,23 +130,27 @@ class _Counter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.loads = self.lookups = 0
-        load, lookup = DbSessionStore.aload, ModelBackend.aget_user
+        load, lookup = DbSessionStore.load, ModelBackend.get_user
 
-        async def counting_load(store: DbSessionStore) -> Any:
+        def counting_load(store: DbSessionStore) -> Any:
             self.loads += 1
-            return await load(store)
+            return load(store)
 
-        async def counting_lookup(backend: ModelBackend, user_id: Any) -> Any:
+        def counting_lookup(backend: ModelBackend, user_id: Any) -> Any:
             self.lookups += 1
-            return await lookup(backend, user_id)
+            return lookup(backend, user_id)
 
-        monkeypatch.setattr(DbSessionStore, "aload", counting_load)
-        monkeypatch.setattr(ModelBackend, "aget_user", counting_lookup)
+        monkeypatch.setattr(DbSessionStore, "load", counting_load)
+        monkeypatch.setattr(ModelBackend, "get_user", counting_lookup)
 
 
-async def test_user_is_resolved_once_and_only_with_a_session(ann: User, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_user_is_resolved_once_and_only_with_a_session(
+    ann: User, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
     """No session cookie costs no lookup; with one, the user is resolved once at accept() (for its user
-    group) even if the handler never asks; concurrent and repeated auser() calls cost one."""
+    group) even if the handler never asks; concurrent and repeated auser() calls cost one. (The login
+    cache, off here, would make later handshakes cost none: tests/test_login_cache.py.)"""
+    settings.TETHER = {"LOGIN_CACHE": None}
     cookie = await _session_cookie(ann)
     counter = _Counter(monkeypatch)
     async with connect("/ws/echo/") as ws:

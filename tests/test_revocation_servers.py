@@ -22,7 +22,7 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.servers import ROOT, Server, serve
 from tether.testing import session_cookie
@@ -243,3 +243,82 @@ async def test_password_change_view_on_a_keeps_that_browsers_sockets_on_b(
         assert await asyncio.to_thread(post, a, "/accounts/logout/", new_cookie) == 302
         await closed_at(kept, 5)
     assert "their session changed the password" in b.log
+
+
+# -- new handshakes after a revocation (the login cache) -------------------------------------------
+
+
+async def greets_on(server: Server, cookie: str) -> None:
+    """The members-only socket admits ``cookie`` on ``server``."""
+    async with ws_connect(f"{server.url}/ws/auth/members/", additional_headers={"Cookie": cookie}) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"hello": "ann"}
+
+
+async def refused_on(server: Server, cookie: str) -> None:
+    """The members-only socket refuses ``cookie`` on ``server`` (HTTP 403: login required)."""
+    with pytest.raises(InvalidStatus) as refused:
+        async with ws_connect(f"{server.url}/ws/auth/members/", additional_headers={"Cookie": cookie}):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+@pytest.fixture(scope="module")
+def alone(django_db_setup: None) -> Iterator[Server]:
+    """One uvicorn process on the memory backend: the login cache is on there."""
+    env = {"TETHER_TEST_SQLITE": str(settings.DATABASES["default"]["NAME"])}
+    with serve("uvicorn-sansio", env=env) as server:
+        yield server
+
+
+async def test_logout_between_two_handshakes_on_one_server_refuses_the_second(alone: Server, ann: User) -> None:
+    """Memory backend, login cache on: a session admitted (and cached) at one handshake, logged out
+    through the same server's LogoutView, is refused at the next; another session of the user is not."""
+    mine, other = await session_cookie(ann), await session_cookie(ann)
+    await greets_on(alone, mine)
+    await greets_on(alone, other)
+    await greets_on(alone, mine)  # from the cache
+    assert await asyncio.to_thread(post, alone, "/accounts/logout/", mine) == 302
+    await refused_on(alone, mine)
+    await greets_on(alone, other)
+
+
+async def test_password_change_between_two_handshakes_on_one_server_refuses_the_old_session(
+    alone: Server, ann: User
+) -> None:
+    """Memory backend, login cache on: after the password change view ran on the server, the user's
+    other session (cached at its last handshake) is refused, the changing browser's new cookie admitted."""
+    client = AsyncClient()
+    assert await client.alogin(username="ann", password="secret-old-1")
+    mine = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    other = await session_cookie(ann)
+    await greets_on(alone, mine)
+    await greets_on(alone, other)
+    form = {"old_password": "secret-old-1", "new_password1": "new-secret-3", "new_password2": "new-secret-3"}
+    status, new_cookie = await asyncio.to_thread(post_form, alone, "/accounts/password_change/", mine, form)
+    assert status == 302 and new_cookie is not None
+    await refused_on(alone, other)
+    await refused_on(alone, mine)
+    await greets_on(alone, new_cookie)
+
+
+async def test_logout_on_a_refuses_the_next_handshake_on_b(two: tuple[Server, Server], ann: User) -> None:
+    """Two processes over Redis: a session admitted on B, logged out through A, is refused at its next
+    handshake on B at once (B reads the session store at every handshake: no login cache there)."""
+    a, b = two
+    cookie = await session_cookie(ann)
+    await greets_on(b, cookie)
+    await greets_on(b, cookie)
+    assert await asyncio.to_thread(post, a, "/accounts/logout/", cookie) == 302
+    await refused_on(b, cookie)
+
+
+async def test_password_change_in_a_third_process_refuses_the_next_handshake_on_b(
+    two: tuple[Server, Server], env: dict[str, str], ann: User
+) -> None:
+    """Two processes over Redis: a password changed by a third process (a queryset update: no signal
+    at all) refuses the session's next handshake on B at once."""
+    _, b = two
+    cookie = await session_cookie(ann)
+    await greets_on(b, cookie)
+    await third_process(env, UPDATE_PASSWORD, "ann")
+    await refused_on(b, cookie)

@@ -19,30 +19,37 @@ end up in access logs) and never logged.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
 import math
+import threading
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, cast
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import (
     BACKEND_SESSION_KEY,
     HASH_SESSION_KEY,
     SESSION_KEY,
-    aget_user,
     get_user_model,
     load_backend,
 )
 from django.core import signing
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.core.signals import setting_changed
+from django.db.models import Model
+from django.db.models.base import ModelState
 from django.http import HttpRequest, JsonResponse
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 
+from ._logins import get_user
 from ._types import User
 from .conf import get_setting
 from .exceptions import InvalidToken
@@ -57,12 +64,17 @@ __all__ = [
     "acheck_credentials",
     "acheck_session",
     "anonymous_user",
+    "aresolve_login",
     "averify_token",
     "bearer_token",
+    "cached_login",
     "credential_digest",
+    "forget_logins",
     "get_session",
     "has_session_cookie",
     "issue_token",
+    "login_generation",
+    "remember_login",
     "resolve_user",
     "session_ref",
     "token_view",
@@ -104,11 +116,125 @@ def has_session_cookie(socket: WebSocket) -> bool:
 
 
 async def resolve_user(socket: WebSocket) -> User:
-    """The socket's user by ``django.contrib.auth.aget_user`` (``AnonymousUser`` without a valid session).
+    """The socket's user by ``django.contrib.auth.get_user`` (``AnonymousUser`` without a valid session).
 
-    What ``socket.auser()`` runs (it keeps the result); no side effects.
+    One hop to Django's sync thread for the session and the user together
+    (``aget_user`` makes two). Like Django, it flushes a session whose auth
+    hash no longer matches.
     """
-    return cast(User, await aget_user(cast(Any, socket)))  # it reads only ``.session``
+    return (await aresolve_login(socket))[0]
+
+
+def _login_of(socket: WebSocket) -> tuple[User, str | None]:
+    user = cast(User, get_user(socket))  # Django's get_user, by SQL compiled once where it can (tether._logins)
+    return user, (socket.session.get(LOGIN_KEY) if user.is_authenticated else None)
+
+
+_resolve_login = sync_to_async(_login_of)  # thread-sensitive, like every ORM call Django makes
+
+
+async def aresolve_login(socket: WebSocket) -> tuple[User, str | None]:
+    """``(user, login id)`` from the handshake's session: Django's ``get_user`` and the session's
+    tether login id (``LOGIN_KEY``, None if anonymous), read in one hop to the sync thread.
+    Reads the session store and the user every time (no cache)."""
+    return await _resolve_login(socket)
+
+
+# -- the login cache: a validated session reused by the next handshakes of this process -----------
+#
+# session ref -> (user, login id, expires at, generation). Only the router uses it, and only where
+# every revocation reaches this process as it happens (tether.routing decides). An entry is dropped
+# by the receivers of logout, login, password change, deactivation and deletion (tether.revocation,
+# synchronously, in the thread that sends the signal) and by every revocation message; and it
+# expires after ``TETHER["LOGIN_CACHE"]`` seconds, which bounds what no signal announces (a
+# session row deleted by hand, ``QuerySet.update(password=...)``). ``_generation`` counts the drops:
+# a login read while one happened is not remembered (it may predate the drop).
+
+
+class _Entry:
+    __slots__ = ("digest", "expires", "login_ref", "user", "user_pk")
+
+    def __init__(self, user: User, login_ref: str | None, expires: float) -> None:
+        self.user, self.login_ref, self.expires, self.user_pk = user, login_ref, expires, str(user.pk)
+        self.digest = credential_digest(user)
+
+
+def _own_copy(user: User) -> User:
+    """A user instance of its own, as a fresh read gives (a handler may change and save it)."""
+    if not isinstance(user, Model):
+        return copy.copy(user)
+    clone = user.__class__.__new__(user.__class__)
+    clone.__dict__.update(user.__dict__)
+    clone._state = ModelState()  # no cached relations: they load again, like on a fresh instance
+    clone._state.db, clone._state.adding = user._state.db, False
+    return cast(User, clone)
+
+
+_cache: dict[str, _Entry] = {}
+_cache_lock = threading.Lock()  # receivers run in request threads; the router on the event loop
+_generation = 0
+_CACHE_SIZE = 10_000  # sessions; the oldest half goes when full
+
+
+def login_generation() -> int:
+    """A number that changes whenever a cached login is dropped; read it before reading a login."""
+    return _generation
+
+
+def cached_login(session_key: str) -> tuple[User, str | None, str] | None:
+    """``(a copy of the user, login id, credential_digest(user))`` for a session validated in the
+    last ``LOGIN_CACHE`` seconds and not revoked since, else None. No I/O."""
+    ref = session_ref(session_key)
+    entry = _cache.get(ref)
+    if entry is None:
+        return None
+    if entry.expires <= time.monotonic():
+        with _cache_lock:
+            if _cache.get(ref) is entry:
+                del _cache[ref]
+        return None
+    return _own_copy(entry.user), entry.login_ref, entry.digest
+
+
+def remember_login(session_key: str, user: User, login_ref: str | None, ttl: float, generation: int) -> bool:
+    """Cache a login read from the session store for ``ttl`` seconds, unless a drop happened since
+    ``generation`` (then it may be stale). Returns whether it was cached."""
+    if ttl <= 0 or not user.is_authenticated:
+        return False
+    ref = session_ref(session_key)
+    entry = _Entry(_own_copy(user), login_ref, time.monotonic() + ttl)
+    with _cache_lock:
+        if _generation != generation:
+            return False
+        if len(_cache) >= _CACHE_SIZE:
+            for stale in sorted(_cache, key=lambda r: _cache[r].expires)[: _CACHE_SIZE // 2]:
+                del _cache[stale]
+        _cache[ref] = entry
+    return True
+
+
+def forget_logins(*, session_refs: Iterable[str] = (), user_pk: str | None = None, everything: bool = False) -> None:
+    """Drop cached logins: those of ``session_refs``, of user ``user_pk``, or all. Thread-safe,
+    idempotent; every call also voids logins being read (``login_generation``)."""
+    global _generation
+    with _cache_lock:
+        _generation += 1
+        if everything:
+            _cache.clear()
+            return
+        for ref in session_refs:
+            _cache.pop(ref, None)
+        if user_pk is not None:
+            for ref in [r for r, e in _cache.items() if e.user_pk == user_pk]:
+                del _cache[ref]
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("TETHER", "SESSION_ENGINE", "AUTHENTICATION_BACKENDS", "AUTH_USER_MODEL", "SECRET_KEY"):
+        forget_logins(everything=True)
+
+
+setting_changed.connect(_settings_changed)
 
 
 def user_id(socket: WebSocket) -> str:

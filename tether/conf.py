@@ -56,6 +56,12 @@ DEFAULTS: dict[str, Any] = {
     # deactivation). Costs a session read and a user read per distinct session per period, spread
     # over the period. None: never re-check.
     "SESSION_RECHECK": 300,
+    # Seconds a session validated at a handshake (session store and user read) is reused for the next
+    # handshakes with the same session cookie, in this process, with the memory backend only (where
+    # every logout, password change and deactivation reaches the process as it happens: each drops
+    # the entry at once). Bounds what no signal announces: a session row deleted by hand or expiring,
+    # QuerySet.update(password=...). None or 0: read the store at every handshake.
+    "LOGIN_CACHE": 5.0,
     # -- The server's side of the limits (tether.server): what `manage.py serve` and `runserver` pass to
     # uvicorn; `serve`'s flags override them. MAX_MESSAGE_SIZE above becomes uvicorn's --ws-max-size.
     # Seconds between the server's keepalive pings (--ws-ping-interval). None: no pings, dead peers linger.

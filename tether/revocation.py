@@ -60,7 +60,7 @@ from django.http.cookie import parse_cookie
 from django.utils.encoding import escape_uri_path
 
 from ._types import Frame
-from .auth import LOGIN_KEY, acheck_credentials, acheck_session, credential_digest, session_ref
+from .auth import LOGIN_KEY, acheck_credentials, acheck_session, credential_digest, forget_logins, session_ref
 from .codes import CloseCode
 from .conf import get_setting
 from .hub import get_hub
@@ -250,6 +250,8 @@ class _Registry:
         self.prune(now)
         kind = message.get("k")
         pk = str(message.get("u", ""))
+        if kind in ("logout", "user", "recheck"):  # the next handshake reads the store again
+            forget_logins(session_refs=[str(message["s"])] if message.get("s") else (), user_pk=pk or None)
         if kind == "logout":
             logins: set[_Login] = set()
             for ref in (message.get("s"), message.get("l")):
@@ -401,8 +403,11 @@ async def watch_revocations() -> None:
 # -- the sockets, as the router serves them -----------------------------------------
 
 
-def track_session(socket: WebSocket, user: Any, session_key: str, login_ref: str | None, started: float) -> str | None:
-    """Register a socket whose session signs in ``user``; ``started``: ``loop.time()`` before the read.
+def track_session(
+    socket: WebSocket, user: Any, session_key: str, login_ref: str | None, started: float, digest: str | None = None
+) -> str | None:
+    """Register a socket whose session signs in ``user``; ``started``: ``loop.time()`` before the read;
+    ``digest``: ``credential_digest(user)`` if known (computed otherwise).
 
     Returns why that login ended while it was being read (the socket then is
     not registered and should be treated as anonymous), else None.
@@ -411,7 +416,7 @@ def track_session(socket: WebSocket, user: Any, session_key: str, login_ref: str
     login = _Login(str(user.pk))
     login.session_key, login.session_ref = session_key, session_ref(session_key)
     login.login_ref = str(login_ref) if login_ref else None
-    login.digest = credential_digest(user)  # what it stands on if its session key changes under it
+    login.digest = credential_digest(user) if digest is None else digest  # what it stands on if its key changes
     why = registry.ended_meanwhile(login, started)
     if why is not None:
         return why
@@ -575,6 +580,8 @@ def _logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     session = getattr(request, "session", None)
     if session is not None and not session.get(LOGIN_KEY):  # the same user logging in again keeps it
         session[LOGIN_KEY] = secrets.token_urlsafe(16)
+    if getattr(user, "pk", None) is not None:  # login() gave the session a new key: the old one is gone
+        forget_logins(user_pk=str(user.pk))
 
 
 @_never_raises
@@ -584,6 +591,7 @@ def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     if user is None or session is None or not getattr(user, "is_authenticated", False):
         return
     key = session.session_key
+    forget_logins(session_refs=[session_ref(key)] if key else (), user_pk=str(user.pk))  # before the logout returns
     login_ref = session.get(LOGIN_KEY)
     if key is None and login_ref is None:
         return
@@ -610,6 +618,7 @@ def _user_saved(
         message = _new("recheck", u=pk)
     else:
         return
+    forget_logins(user_pk=pk)  # now, and again when the message is applied after the commit
     transaction.on_commit(
         partial(_publish, message, f"the {message.get('r', 'password update')} of user {pk}"), using=using
     )
@@ -620,6 +629,7 @@ def _user_deleted(sender: Any, instance: Any, using: Any = None, **kwargs: Any) 
     if instance.pk is None:
         return
     message = _new("user", u=str(instance.pk), r="user deleted")
+    forget_logins(user_pk=str(instance.pk))
     transaction.on_commit(partial(_publish, message, f"the deletion of user {instance.pk}"), using=using)
 
 

@@ -29,15 +29,19 @@ from django.utils.encoding import escape_uri_path
 
 from ._types import Receive, Scope, Send, User
 from .auth import (
-    LOGIN_KEY,
     anonymous_user,
+    aresolve_login,
     averify_token,
     bearer_token,
+    cached_login,
     get_session,
     has_session_cookie,
+    login_generation,
+    remember_login,
     resolve_user,
     user_id,
 )
+from .backends.memory import MemoryBackend
 from .closing import close_for_exception
 from .codes import CloseCode
 from .conf import get_setting
@@ -85,11 +89,16 @@ class _Services:
             if why is not None:
                 raise InvalidToken(why)
             return cast(User, user)
-        user = await resolve_user(socket)
+        key = socket.cookies[settings.SESSION_COOKIE_NAME]
+        ttl = await self.login_cache_ttl()
+        hit = cached_login(key) if ttl else None
+        generation = login_generation()
+        if hit is not None:
+            user, login_ref, digest = hit
+        else:
+            (user, login_ref), digest = await aresolve_login(socket), None
         if user.is_authenticated:
-            session = socket.session
-            key = session.session_key or socket.cookies[settings.SESSION_COOKIE_NAME]
-            why = track_session(socket, user, key, await session.aget(LOGIN_KEY), started)
+            why = track_session(socket, user, key, login_ref, started, digest)
             if why is not None:
                 auth_logger.info(
                     "Websocket %s: the session of user %s ended while it connected (%s); treated as anonymous",
@@ -98,7 +107,22 @@ class _Services:
                     why,
                 )
                 return anonymous_user()
+            if hit is None and ttl and socket.session.session_key == key:  # not cycled by get_user()
+                remember_login(key, user, login_ref, ttl, generation)
         return user
+
+    async def login_cache_ttl(self) -> float:
+        """``TETHER["LOGIN_CACHE"]`` where it is safe, else 0: only with the memory backend.
+
+        There every revocation is a signal in this process, which drops the entry before the
+        logout or the save returns. With Redis or PostgreSQL a logout in another process reaches
+        this one a moment later, and a handshake in that moment would be let in from the cache;
+        so every handshake reads the session store there.
+        """
+        ttl = get_setting("LOGIN_CACHE")
+        if not ttl or not isinstance((await get_hub()).backend, MemoryBackend):
+            return 0.0
+        return float(ttl)
 
     async def join(self, socket: WebSocket, group: str, since: Position | None = None) -> JoinResult:
         joined = await (await get_hub()).join(socket, group, since)

@@ -19,9 +19,12 @@ from django.http.cookie import parse_cookie
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.apps.settings")
 django.setup(set_prefix=False)
 
+from importlib import import_module  # noqa: E402
+
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import aget_user  # noqa: E402
-from django.contrib.sessions.backends.db import SessionStore  # noqa: E402
+
+SessionStore = import_module(settings.SESSION_ENGINE).SessionStore  # BENCH_SESSIONS picks the engine
 
 subscribers: set[Any] = set()
 _redis: Any = None

@@ -4,6 +4,11 @@ BENCH_APP      raw | channels | tether (which extra app goes into INSTALLED_APPS
 BENCH_BACKEND  memory | redis | pubsub | postgres (channel layer / tether backend / raw broker);
                "+history" (tether only: "redis+history") gives the group a history of 1000 messages
 BENCH_DB       the SQLite file holding sessions and users (bench/run.py creates it)
+BENCH_SESSIONS where the authenticated handshake's session and user live: sqlite (default: the db
+               session engine on SQLite), postgres (the db engine on PostgreSQL, database
+               BENCH_PG_DB), cached_db (sessions in the local-memory cache over SQLite)
+BENCH_LOGIN_CACHE  seconds of tether's TETHER["LOGIN_CACHE"] (default: tether's own); 0 turns it
+               off, as a Redis or PostgreSQL backend does
 """
 
 import os
@@ -41,7 +46,10 @@ DATABASES = {
         "NAME": os.environ.get("BENCH_DB", str(Path(__file__).resolve().parent.parent / ".data" / "bench.sqlite3")),
     }
 }
-if BACKEND == "postgres":
+SESSIONS = os.environ.get("BENCH_SESSIONS", "sqlite")
+if SESSIONS == "cached_db":
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+if BACKEND == "postgres" or SESSIONS == "postgres":
     DATABASES["default"] = {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": os.environ.get("BENCH_PG_DB", "test"),
@@ -73,6 +81,8 @@ TETHER = {
 }.get(BACKEND, {})
 if _VARIANT == "history":  # the cost of history: every message stored with its position (docs/delivery.md)
     TETHER["GROUPS"] = {GROUP: {"history": 1000}}
+if os.environ.get("BENCH_LOGIN_CACHE"):
+    TETHER = {**TETHER, "LOGIN_CACHE": float(os.environ["BENCH_LOGIN_CACHE"]) or None}
 
 if os.environ.get("BENCH_TRACEMALLOC"):  # bench/run.py --memtrace: where memory per connection goes
     from bench.apps.memtrace import install
