@@ -9,12 +9,15 @@ boundary: with more than one worker process, use Redis or PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
-from .base import Backend, Deliver, Frame
+from .base import Backend, Deliver, Frame, deliver_safely
 
 __all__ = ["MemoryBackend"]
+
+logger = logging.getLogger("tether.backends.memory")
 
 _lock = threading.Lock()
 _subscribers: dict[str, tuple[MemoryBackend, ...]] = {}
@@ -64,9 +67,9 @@ class MemoryBackend(Backend):
         for backend in _subscribers.get(group, ()):
             loop = backend.loop
             if loop is here:
-                backend.deliver(group, frame)
+                deliver_safely(backend, logger, group, frame)
             elif loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(backend.deliver, group, frame)
+                loop.call_soon_threadsafe(deliver_safely, backend, logger, group, frame)
             elif loop is not None:  # its loop is gone (a finished test, a stopped script)
                 backend._forget()
 
