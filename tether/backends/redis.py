@@ -66,6 +66,7 @@ class RedisBackend(Backend):
         self._wanted: set[bytes] = set()
         self._confirmed: dict[bytes, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()
+        self._sending = asyncio.Lock()  # one (UN)SUBSCRIBE at a time on the subscriber connection
 
     def _channel(self, group: str) -> bytes:
         return f"{self.prefix}{group}".encode()
@@ -105,9 +106,10 @@ class RedisBackend(Backend):
             return  # already confirmed (and resubscribed by the listener after a reconnect)
         if future is None or future.done():
             future = self._confirmed[channel] = asyncio.get_running_loop().create_future()
-            if self._pubsub is not None:
-                with contextlib.suppress(RedisError, OSError):  # the listener will resubscribe
-                    await self._pubsub.subscribe(channel)
+            async with self._sending:
+                if self._pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):  # the listener will resubscribe
+                        await self._pubsub.subscribe(channel)
         try:
             await asyncio.wait_for(asyncio.shield(future), self.subscribe_timeout)
         except (asyncio.TimeoutError, TimeoutError):  # two classes on Python 3.10
@@ -122,9 +124,10 @@ class RedisBackend(Backend):
         future = self._confirmed.pop(channel, None)
         if future is not None and not future.done():
             future.cancel()
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(channel)
+        async with self._sending:
+            if self._pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
 
     @property
     def reconnects(self) -> int:
