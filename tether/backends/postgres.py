@@ -144,7 +144,8 @@ class PostgresBackend(Backend):
             try:
                 done, _ = await asyncio.wait([task], timeout=self.timeout)
             except asyncio.CancelledError:
-                task.cancel()
+                task.cancel()  # the caller was cancelled: so is its query, which closes its connection
+                await asyncio.wait([task])
                 raise
             if not done:
                 self._abandon(role, task)
