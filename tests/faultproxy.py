@@ -91,9 +91,12 @@ class FaultProxy:
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
-        task = asyncio.current_task()
-        assert task is not None
+        # a task of our own: cancelling asyncio's client_connected_cb task makes it log an error
+        task = asyncio.get_running_loop().create_task(self._serve(client_reader, client_writer))
         self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self._writers.add(client_writer)
         upstream: asyncio.StreamWriter | None = None
         try:
@@ -109,7 +112,6 @@ class FaultProxy:
                 if writer is not None:
                     self._writers.discard(writer)
                     writer.transport.abort()
-            self._tasks.discard(task)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):

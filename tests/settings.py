@@ -56,7 +56,7 @@ if PG_AVAILABLE:
         "NAME": "test",
         "USER": "postgres",
         "HOST": PG_HOST,
-        "PORT": "5432",
+        "PORT": os.environ.get("TETHER_TEST_PG_PORT", "5432"),
         "TEST": {"NAME": f"tether_test_{os.getpid()}"},
     }
 LOGGING = {

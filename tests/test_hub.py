@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import SynchronousOnlyOperation
 from django.db import transaction
 
+from tests.test_backends import pg_migrated  # noqa: F401 (a fixture)
 from tests.testapp.models import Message
 from tether import (
     CloseCode,
@@ -42,6 +43,22 @@ async def fresh_hub() -> AsyncIterator[None]:
 
 def new_group() -> str:
     return f"g.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["memory", "redis", "postgres"])
+def any_backend(request: pytest.FixtureRequest, settings: Any) -> str:
+    """Runs a hub test over each backend: the in-memory one, the real Redis and the real PostgreSQL."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_server")
+        settings.TETHER = {
+            "BACKEND": "tether.backends.redis.RedisBackend",
+            "OPTIONS": {"url": "redis://127.0.0.1:6379/0", "prefix": "tether-hub:"},
+        }
+    elif request.param == "postgres":
+        request.getfixturevalue("postgres")
+        request.getfixturevalue("pg_migrated")
+        settings.TETHER = {"BACKEND": "tether.backends.postgres.PostgresBackend", "OPTIONS": {"database": "pg"}}
+    return str(request.param)
 
 
 async def settled(hub: Hub) -> None:
@@ -152,7 +169,7 @@ async def test_bad_message_type_raises_before_sending() -> None:
 # -- membership and fan-out ----------------------------------------------------
 
 
-async def test_join_broadcast_leave() -> None:
+async def test_join_broadcast_leave(any_backend: str) -> None:
     """A joined socket gets the group's messages; after leave() it gets no more."""
     group = new_group()
     async with connect(f"/ws/group/{group}/") as ws:
@@ -166,7 +183,7 @@ async def test_join_broadcast_leave() -> None:
         assert await ws.receive_json() == {"groups": []}  # and no {"n": 2} before it
 
 
-async def test_join_and_leave_are_idempotent() -> None:
+async def test_join_and_leave_are_idempotent(any_backend: str) -> None:
     """Joining twice delivers once; leaving a group never joined is a no-op."""
     group = new_group()
     async with connect(f"/ws/group/{group}/") as ws:
@@ -180,7 +197,7 @@ async def test_join_and_leave_are_idempotent() -> None:
         assert [await ws.receive_text(), await ws.receive_text()] == ["once", "end"]
 
 
-async def test_frames_keep_their_kind() -> None:
+async def test_frames_keep_their_kind(any_backend: str) -> None:
     """dict/list -> JSON text, str -> text, bytes -> binary."""
     group = new_group()
     async with connect(f"/ws/group/{group}/") as ws:
@@ -228,7 +245,7 @@ async def test_message_is_encoded_once_for_all_members() -> None:
         assert text_a == text_b and text_a is text_b
 
 
-async def test_socket_view_broadcast_reaches_other_members() -> None:
+async def test_socket_view_broadcast_reaches_other_members(any_backend: str) -> None:
     """SocketView.broadcast() from one connection reaches every member, the sender included."""
     group = new_group()
     async with connect(f"/ws/group/{group}/") as a, connect(f"/ws/group/{group}/") as b:

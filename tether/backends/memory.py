@@ -13,6 +13,7 @@ client's position from before is recognised as stale.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -21,9 +22,11 @@ from itertools import islice
 from typing import Any
 
 from ..positions import Position, Retention, Window
-from .base import Backend, Deliver, Frame
+from .base import Backend, Deliver, Frame, deliver_safely
 
 __all__ = ["MemoryBackend"]
+
+logger = logging.getLogger("tether.backends.memory")
 
 _lock = threading.RLock()  # re-entrant: a deliver() called under it may publish again
 _subscribers: dict[str, tuple[MemoryBackend, ...]] = {}
@@ -121,9 +124,9 @@ class MemoryBackend(Backend):
         for backend in _subscribers.get(group, ()):
             loop = backend.loop
             if loop is here:
-                backend.deliver(*args)
+                deliver_safely(backend, logger, *args)
             elif loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(backend.deliver, *args)
+                loop.call_soon_threadsafe(deliver_safely, backend, logger, *args)
             elif loop is not None:  # its loop is gone (a finished test, a stopped script)
                 backend._forget()
 

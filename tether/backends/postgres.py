@@ -4,8 +4,12 @@ Each process holds one dedicated listening connection, built from the Django
 ``DATABASES`` alias in ``OPTIONS["database"]`` (application name
 ``tether-listen-<pid>``), and one connection for publishing. Like Redis
 pub/sub, NOTIFY is at-most-once: a process whose listener is down misses what
-is published meanwhile. The listener reconnects with backoff (0.05 s doubling
-to 2 s) after a restart or ``pg_terminate_backend`` and LISTENs again.
+is published meanwhile. The listener reconnects with backoff (0.02 s doubling
+to 0.1 s, and at once when this process publishes) after a restart or
+``pg_terminate_backend`` and LISTENs again; a publish while it is down first
+gives it one try, so once the database answers again what this process
+publishes reaches its own sockets too. An idle listener checks its connection
+every ``timeout`` seconds, so a hung database is noticed too.
 
 Channel names: PostgreSQL identifiers are at most 63 bytes, and group names
 go up to 100 characters, so a group's channel is ``tether_`` followed by the
@@ -16,8 +20,9 @@ collision would need 2^80 groups). ``SELECT pg_notify(channel, ...)`` and
 Payloads: a NOTIFY payload must be under 8000 bytes and may not contain NUL.
 Text frames go as ``t<text>``, binary ones as ``b<base64>``; anything larger
 (or text with NUL) is stored in the ``tether_payload`` table (run
-``migrate``) and the notification carries ``r<id>``. Rows older than
-``OPTIONS["payload_ttl"]`` seconds (default 300) are pruned.
+``migrate``) and the notification carries ``r<id>``, which the listener
+fetches on a third connection, so publishing never waits behind a fetch. Rows
+older than ``OPTIONS["payload_ttl"]`` seconds (default 300) are pruned.
 
 History (groups matching ``TETHER["GROUPS"]``): one statement appends a
 message: it bumps the group's row in ``tether_stream`` (``UPDATE ...
@@ -37,8 +42,10 @@ process's deadline (database time); a row of a process past its deadline
 doesn't count, and one statement sweeps them (``DELETE ... RETURNING``, so
 each is removed once).
 
-Options: ``database`` (default ``"default"``), ``subscribe_timeout`` (5 s),
-``payload_ttl`` (300 s).
+Options: ``database`` (default ``"default"``), ``timeout`` in seconds for every
+call to the database (connect, publish, fetch, LISTEN; default 5: long enough
+for a busy server, short enough that a hung one surfaces as
+``BackendUnavailable``), ``subscribe_timeout`` (5 s), ``payload_ttl`` (300 s).
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from psycopg import sql
 
 from ..exceptions import BackendUnavailable
 from ..positions import Position, Retention, Window
-from .base import Backend, Deliver, Frame, _Reconnector, decode_payload, encode_payload
+from .base import Backend, Deliver, Frame, _Reconnector, decode_payload, deliver_safely, encode_payload
 
 __all__ = ["NOTIFY_LIMIT", "PostgresBackend", "channel_for"]
 
@@ -179,19 +186,22 @@ class PostgresBackend(Backend):
         deliver: Deliver | None = None,
         *,
         database: str = "default",
+        timeout: float = 5.0,
         subscribe_timeout: float = 5.0,
         payload_ttl: float = 300.0,
     ) -> None:
         super().__init__(deliver)
         self.database = database
+        self.timeout = timeout
         self.subscribe_timeout = subscribe_timeout
         self.payload_ttl = payload_ttl
         self.missed = 0  # published by this process while its listener was down
         self.failed = 0
         self._reconnector = _Reconnector(f"PostgreSQL listener on database {database!r}", lambda: self.missed, logger)
         self._params: dict[str, Any] | None = None
-        self._conn: psycopg.AsyncConnection[Any] | None = None  # publishing and fetching stored payloads
-        self._conn_lock = asyncio.Lock()
+        # "publish" (and (UN)LISTEN wake-ups) and "fetch" (stored payloads): one lock each
+        self._conns: dict[str, psycopg.AsyncConnection[Any] | None] = {"publish": None, "fetch": None}
+        self._locks = {"publish": asyncio.Lock(), "fetch": asyncio.Lock()}
         self._control = f"tether_ctl_{uuid.uuid4().hex[:16]}"  # wakes the listener to (UN)LISTEN
         self._groups: dict[str, str] = {}  # channel -> group, for the wanted channels
         self._listening: set[str] = set()
@@ -207,36 +217,72 @@ class PostgresBackend(Backend):
 
     async def stop(self) -> None:
         await self._reconnector.cancel()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
+        for role, conn in list(self._conns.items()):
+            self._conns[role] = None
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
         self._groups.clear()
 
     # -- publishing ---------------------------------------------------------
 
-    async def _execute(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Run ``query`` on the publishing connection, reconnecting once if it broke."""
-        await self.start()
+    async def _connect(self, role: str) -> psycopg.AsyncConnection[Any]:
         assert self._params is not None
+        return await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(
+                **self._params, autocommit=True, application_name=f"tether-{role}-{os.getpid()}"
+            ),
+            self.timeout,
+        )
+
+    async def _execute(self, query: str, params: tuple[Any, ...], role: str = "publish") -> list[tuple[Any, ...]]:
+        """Run ``query`` on the ``role`` connection within ``timeout`` seconds, reconnecting once if it broke.
+
+        A query the database does not answer in time is abandoned with its connection
+        and lock (psycopg's own cancellation would wait on the hung server too).
+        """
+        await self.start()
         for attempt in (1, 2):
-            async with self._conn_lock:
-                try:
-                    if self._conn is None or self._conn.closed:
-                        self._conn = await psycopg.AsyncConnection.connect(
-                            **self._params, autocommit=True, application_name=f"tether-publish-{os.getpid()}"
-                        )
-                    cursor = await self._conn.execute(query, params)
-                    return await cursor.fetchall() if cursor.description else []
-                except psycopg.OperationalError as exc:
-                    if self._conn is not None:
-                        with contextlib.suppress(psycopg.Error):
-                            await self._conn.close()
-                    self._conn = None
-                    if attempt == 2:
-                        self.failed += 1
-                        raise BackendUnavailable(f"PostgreSQL ({self.database!r}) is unreachable: {exc}") from exc
+            task = asyncio.ensure_future(self._execute_once(query, params, role))
+            try:
+                done, _ = await asyncio.wait([task], timeout=self.timeout)
+            except asyncio.CancelledError:
+                task.cancel()  # the caller was cancelled: so is its query, which closes its connection
+                await asyncio.wait([task])
+                raise
+            if not done:
+                self._abandon(role, task)
+                self.failed += 1
+                raise BackendUnavailable(f"PostgreSQL ({self.database!r}) did not answer within {self.timeout}s")
+            try:
+                return task.result()
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    self.failed += 1
+                    raise BackendUnavailable(f"PostgreSQL ({self.database!r}) is unreachable: {exc}") from exc
         raise AssertionError("unreachable")
+
+    def _abandon(self, role: str, task: asyncio.Future[list[tuple[Any, ...]]]) -> None:
+        self._conns[role] = None
+        self._locks[role] = asyncio.Lock()  # later calls don't queue behind the hung one
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _execute_once(self, query: str, params: tuple[Any, ...], role: str) -> list[tuple[Any, ...]]:
+        async with self._locks[role]:
+            conn = self._conns[role]
+            try:
+                if conn is None or conn.closed:
+                    conn = self._conns[role] = await self._connect(role)
+                cursor = await conn.execute(query, params)
+                return await cursor.fetchall() if cursor.description else []
+            except BaseException:  # broken, or interrupted mid-query: never reuse it
+                if self._conns[role] is conn:
+                    self._conns[role] = None
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await asyncio.shield(conn.close())
+                raise
 
     @property
     def reconnects(self) -> int:
@@ -253,8 +299,11 @@ class PostgresBackend(Backend):
             )
             payload = f"r{rows[0][0]}"
             await self._prune()
+        listening = self._reconnector.task is not None
+        if listening and not self._connected.is_set():
+            await self._reconnector.retry_now(self.timeout)
         await self._execute("SELECT pg_notify(%s, %s)", (channel, payload))
-        if self._reconnector.task is not None and not self._connected.is_set():
+        if listening and not self._connected.is_set():
             self.missed += 1
 
     # -- history -----------------------------------------------------------
@@ -356,7 +405,7 @@ class PostgresBackend(Backend):
             await self._wake()
         try:
             await asyncio.wait_for(asyncio.shield(future), self.subscribe_timeout)
-        except asyncio.TimeoutError:  # what wait_for raises; a TimeoutError only from Python 3.11
+        except (asyncio.TimeoutError, TimeoutError):  # two classes on Python 3.10
             raise BackendUnavailable(
                 f"PostgreSQL ({self.database!r}) did not LISTEN for {group!r} within {self.subscribe_timeout}s; "
                 "it will when the database is back"
@@ -392,33 +441,27 @@ class PostgresBackend(Backend):
                 future.set_result(None)
 
     async def _listen_forever(self) -> None:
-        """Hold the listening connection: (re)connect, LISTEN, deliver; back off on failure."""
+        """Hold the listening connection: (re)connect, LISTEN, deliver; back off on failure.
+
+        Any exception is a lost connection (logged with its traceback if it is not a
+        driver error); only cancellation ends it.
+        """
         await self.start()
-        assert self._params is not None
         reconnector = self._reconnector
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    **self._params, autocommit=True, application_name=f"tether-listen-{os.getpid()}"
-                )
+                conn = await self._connect("listen")
                 self._listening = set()
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._control)))
-                await self._apply(conn)
+                await asyncio.wait_for(self._listen_to_wanted(conn), self.timeout)
                 self._connected.set()
                 if reconnector.connected(len(self._listening)):
-                    self.reconnected()
-                while True:
-                    if self._dirty:
-                        await self._apply(conn)
-                    async with contextlib.aclosing(conn.notifies()) as notifies:
-                        async for notify in notifies:
-                            if notify.channel == self._control:
-                                if self._dirty:
-                                    break
-                            else:
-                                await self._handle(notify.channel, notify.payload)
-            except psycopg.Error as exc:
+                    self.reconnected()  # the hub backfills its history groups
+                await self._receive(conn)
+            except (psycopg.Error, asyncio.TimeoutError, TimeoutError) as exc:
+                reconnector.lost(exc)
+            except Exception as exc:
+                logger.exception("PostgreSQL listener failed")
                 reconnector.lost(exc)
             finally:
                 self._connected.clear()
@@ -426,6 +469,24 @@ class PostgresBackend(Backend):
                     with contextlib.suppress(Exception):
                         await conn.close()
             await reconnector.backoff()
+
+    async def _listen_to_wanted(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._control)))
+        await self._apply(conn)
+
+    async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Deliver notifications; (UN)LISTEN between batches; check the connection when idle."""
+        while True:
+            if self._dirty:
+                await asyncio.wait_for(self._apply(conn), self.timeout)
+            received = 0
+            # stop_after ends the generator only after the whole batch psycopg read (breaking out loses the rest)
+            async for notify in conn.notifies(timeout=self.timeout, stop_after=1):
+                received += 1
+                if notify.channel != self._control:
+                    await self._handle(notify.channel, notify.payload)
+            if not received:  # idle for `timeout` seconds: is the database still there?
+                await asyncio.wait_for(conn.execute("SELECT 1"), self.timeout)
 
     async def _handle(self, channel: str, payload: str) -> None:
         group = self._groups.get(channel)
@@ -444,7 +505,7 @@ class PostgresBackend(Backend):
             elif kind == "b":
                 frame = base64.b64decode(data)
             elif kind == "r":
-                rows = await self._execute("SELECT data FROM tether_payload WHERE id = %s", (int(data),))
+                rows = await self._execute("SELECT data FROM tether_payload WHERE id = %s", (int(data),), "fetch")
                 if not rows:
                     logger.warning("Stored payload %s for group %s is gone (pruned?); skipped", data, group)
                     return
@@ -453,6 +514,7 @@ class PostgresBackend(Backend):
                 rows = await self._execute(
                     "SELECT data FROM tether_history WHERE group_name = %s AND seq = %s AND epoch = %s",
                     (group, position.offset, position.epoch),
+                    "fetch",
                 )
                 if not rows:
                     logger.warning(
@@ -465,10 +527,7 @@ class PostgresBackend(Backend):
         except (ValueError, BackendUnavailable) as exc:
             logger.warning("Dropped a notification for group %s: %s", group, exc)
             return
-        if position is None:
-            self.deliver(group, frame)
-        else:
-            self.deliver(group, frame, position)
+        deliver_safely(self, logger, group, frame, position)
 
     # -- presence ------------------------------------------------------------
 
