@@ -4,36 +4,28 @@
 ``"restart <n>/<COUNT>"`` for n = 0 ... COUNT-1 to the room's group with ``tether.client``, signed in
 by the session cookie, ``INTERVAL`` seconds apart (the pace of a person, so a server restart falls
 mid-conversation). When the connection drops it connects again (the server is restarting) and goes
-on; a message whose publish got no reply is looked up in the room's stored messages before it is sent
-again, so each is stored once. Prints ``published COUNT over CONNECTIONS connections`` at the end;
+on; a message whose publish got no reply is sent again with the same nonce, as the page does (the
+chat then broadcasts the stored message rather than storing a second one). Prints ``published COUNT over CONNECTIONS connections`` at the end;
 exits 1 after 60 s without a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
-import urllib.request
+import uuid
 
 from tether.client import connect
 
 GIVE_UP = 60.0  # seconds without a connection
 
 
-def stored(http_url: str, cookie: str, room: str, text: str) -> bool:
-    """Whether the room's stored messages (the page's own JSON endpoint) hold ``text``."""
-    request = urllib.request.Request(f"{http_url}/rooms/{room}/messages/", headers={"Cookie": f"sessionid={cookie}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return any(m["text"] == text for m in json.load(response)["messages"])
-
-
 async def main(http_url: str, cookie: str, room: str, count: int, interval: float) -> None:
     ws_url = http_url.replace("http://", "ws://", 1) + "/ws/"
     headers = [("Cookie", f"sessionid={cookie}"), ("Origin", http_url)]
     n = 0
-    unsure = False  # the last publish got no reply: it may have been stored
+    run = uuid.uuid4().hex  # the nonces of this run: "<run>-<n>"
     last_connected = time.monotonic()
     connections = 0
     while n < count:
@@ -43,13 +35,7 @@ async def main(http_url: str, cookie: str, room: str, count: int, interval: floa
                 connections += 1
                 while n < count:
                     text = f"restart {n}/{count}"
-                    if unsure and await asyncio.to_thread(stored, http_url, cookie, room, text):
-                        unsure = False
-                        n += 1
-                        continue
-                    unsure = True
-                    await client.publish(f"chat.room.{room}", {"text": text})
-                    unsure = False
+                    await client.publish(f"chat.room.{room}", {"text": text, "nonce": f"{run}-{n}"})
                     n += 1
                     await asyncio.sleep(interval)  # pacing a producer, not waiting for state
         except Exception as exc:  # CommandError, OSError, websockets' errors: the server is restarting

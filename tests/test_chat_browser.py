@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-from tests.chat import ChatServer, chat_env, manage, session_cookie
-from tests.conftest import require_program
+from tests.chat import ChatServer, chat_env, manage, redis_prefix, session_cookie
+from tests.conftest import require_program, require_service
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.browser
@@ -377,14 +377,9 @@ def test_page_load_logs_no_warning_and_no_404(
     assert errors == []
 
 
-def test_no_message_lost_when_the_server_restarts_mid_conversation(
-    chat: ChatServer, alice: Page, bob: Page, errors: list[str]
-) -> None:
-    """A third process (tether.client, signed in as eve) says 40 numbered lines in #lobby, one every
-    50 ms, and the server restarts after the 11th. alice's and bob's pages show all 40, in order, each
-    once. On the memory backend the history died with the process: the pages were told
-    ``recovered: false`` and merged the room's stored messages back in."""
-    count = 40
+def restart_mid_conversation(chat: ChatServer, pages: tuple[Page, ...], count: int = 40) -> None:
+    """A third process (tether.client, signed in as eve) says ``count`` numbered lines in #lobby, one
+    every 50 ms; the server restarts after the 11th. Each page then shows all of them, in order, once."""
     cookie = session_cookie(chat.env, "eve")
     publisher = subprocess.Popen(
         [sys.executable, "-m", "tests.chat_publisher", chat.http_url, cookie, "lobby", str(count), "0.05"],
@@ -392,7 +387,7 @@ def test_no_message_lost_when_the_server_restarts_mid_conversation(
         text=True,
     )  # fmt: skip
     try:
-        expect(message(alice, f"restart 10/{count}")).to_have_count(1, timeout=WAIT)  # mid-conversation
+        expect(message(pages[0], f"restart 10/{count}")).to_have_count(1, timeout=WAIT)  # mid-conversation
         chat.stop()
         chat.start()
         out, err = publisher.communicate(timeout=90)
@@ -404,12 +399,51 @@ def test_no_message_lost_when_the_server_restarts_mid_conversation(
             publisher.kill()
             publisher.wait()
     lines = [f"restart {n}/{count}" for n in range(count)]
-    for page in (alice, bob):
+    for page in pages:
         expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT)
-        numbered = log(page).locator("li.message .text", has_text=re.compile(r"^restart \d+/40$"))
+        numbered = log(page).locator("li.message .text", has_text=re.compile(rf"^restart \d+/{count}$"))
         expect(numbered).to_have_text(lines, timeout=WAIT)
+
+
+def test_no_message_lost_when_the_server_restarts_mid_conversation(
+    chat: ChatServer, alice: Page, bob: Page, errors: list[str]
+) -> None:
+    """A server restart while a third process chats: alice's and bob's pages show every line, in
+    order, once. On the memory backend the history died with the process: the pages were told
+    ``recovered: false`` and merged the room's stored messages back in."""
+    restart_mid_conversation(chat, (alice, bob))
+    for page in (alice, bob):
         expect(pane(page)).to_have_attribute("data-recovered", "false")
+        expect(pane(page)).to_have_attribute("data-loads", "2")  # opening the room, then after the restart
     screenshot(alice, bob, name="restart")
+    assert errors == []
+
+
+def test_history_carries_the_pages_across_a_restart_on_redis(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same restart on Redis, where the rooms' history outlives the server: the pages resubscribe
+    from the last line they saw and get what they missed from the history (``recovered: true``, no
+    reload from the database), every line in order, once."""
+    require_service("Redis", "127.0.0.1", 6379)
+    errors: list[str] = []
+    with redis_prefix("chat-browser") as prefix:
+        env = chat_env(tmp_path_factory.mktemp("chat-redis"), TETHER_BACKEND="redis", REDIS_PREFIX=prefix)
+        manage(env, "migrate", "--noinput")
+        server = ChatServer(env)
+        server.start()
+        try:
+            contexts = [signed_up(browser, server, name) for name in ("alice", "bob")]
+            pages = tuple(open_room(context, "lobby", errors) for context in contexts)
+            restart_mid_conversation(server, pages)
+            for page in pages:
+                expect(pane(page)).to_have_attribute("data-recovered", "true")
+                expect(pane(page)).to_have_attribute("data-loads", "1")  # only when the room opened
+            screenshot(*pages, name="restart-redis")
+            for context in contexts:
+                context.close()
+        finally:
+            server.stop()
     assert errors == []
 
 

@@ -19,12 +19,11 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from tests.chat import ChatServer, chat_env, manage, session_cookie
+from tests.chat import ChatServer, chat_env, manage, redis_prefix, session_cookie
 from tests.conftest import require_service
 from tests.nginx import (
     Nginx,
@@ -280,8 +279,7 @@ def workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         env = chat_env(tmp_path_factory.mktemp("chat"), settings="tests.chat_settings", TETHER_BACKEND=request.param)
         if request.param == "redis":
             require_service("Redis", "127.0.0.1", 6379)
-            env["REDIS_PREFIX"] = prefix = f"tether-test-chat-{os.getpid()}:"
-            stack.callback(delete_redis_keys, prefix)
+            env["REDIS_PREFIX"] = stack.enter_context(redis_prefix("chat"))
         else:
             require_service("PostgreSQL", "127.0.0.1", 5432)
             env["DATABASE_URL"] = stack.enter_context(postgres_database())
@@ -290,17 +288,6 @@ def workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         server.start()
         stack.callback(server.stop)
         yield server
-
-
-def delete_redis_keys(prefix: str) -> None:
-    """Delete this run's keys (the rooms' histories, presence) from the shared Redis; nothing else."""
-    client = redis.Redis(host="127.0.0.1", port=6379)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def parent_pid(pid: int) -> int:
@@ -412,6 +399,12 @@ async def test_workers_chat_across_processes(workers: ChatServer) -> None:
         assert (await alice.push("message", LOBBY))["data"]["text"] == "@alice hi from the other worker"
         mention = (await alice.push("message", alice.groups["mentions"]))["data"]  # user_group(alice)
         assert (mention["type"], mention["user"], mention["room"]) == ("mention", "bob", "lobby")
+        # Sent again with its nonce (the reply was lost to a dropped connection): stored once, the
+        # stored message broadcast again, which pages show once by id.
+        for _ in range(2):
+            await bob.call("publish", group=LOBBY, data={"text": "said once", "nonce": "bob-1"})
+        first, again = [(await alice.push("message", LOBBY))["data"] for _ in range(2)]
+        assert first == again and first["text"] == "said once"
 
 
 async def test_chat_behind_nginx_over_wss(workers: ChatServer, site: Site) -> None:

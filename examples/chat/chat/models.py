@@ -27,10 +27,18 @@ class Message(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_messages")
     text = models.TextField(max_length=2000)
     created = models.DateTimeField(auto_now_add=True)
+    # The page's own id for a message it sends: sent again after a dropped connection, it finds the
+    # stored message instead of storing a second one.
+    nonce = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["created", "id"]
         indexes = [models.Index(fields=["room", "-created"], name="chat_room_recent")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "nonce"], condition=~models.Q(nonce=""), name="chat_message_user_nonce"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"#{self.room} {self.user}: {self.text[:40]}"

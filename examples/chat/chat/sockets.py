@@ -11,9 +11,13 @@ The page (``chat.js`` on ``tether.js``) subscribes over that one socket to:
 - the user's own ``user_group``: ``{"type": "mention", "user", "room", "text"}`` when someone
   writes ``@username`` in any room.
 
-The page publishes ``{"text": "..."}`` to a room. ``prepare_publish`` checks it, stores it as a
-``Message`` stamped with the author the server knows, tells the users it mentions, and returns what
-the room's subscribers get. Anything else is refused with an error reply.
+The page publishes ``{"text": "...", "nonce": "..."}`` to a room. ``prepare_publish`` checks it,
+stores it as a ``Message`` stamped with the author the server knows, tells the users it mentions, and
+returns what the room's subscribers get. Anything else is refused with an error reply. The optional
+``nonce`` (the page's own id for the line) makes sending again safe: a publish whose reply was lost
+to a dropped connection may have been stored, and maybe not broadcast (the server stopped in
+between); sent again with the same nonce, the stored message is broadcast again rather than stored
+twice, and pages show each message id once.
 """
 
 from __future__ import annotations
@@ -69,7 +73,23 @@ class ChatRealtime(RealtimeView):
             raise ProtocolError(ErrorCode.BAD_REQUEST, 'send {"text": "..."} with some text')
         if len(text) > MAX_LENGTH:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"a message holds at most {MAX_LENGTH} characters")
-        message = await Message.objects.acreate(room=room, user=self.user, text=text.strip())
+        nonce = data.get("nonce", "")
+        if not isinstance(nonce, str) or len(nonce) > 64:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "nonce is a string of at most 64 characters")
+        if not nonce:
+            message = await Message.objects.acreate(room=room, user=self.user, text=text.strip())
+        else:
+            # Sent again after a dropped connection: the first attempt may have been stored (and not
+            # broadcast: the server stopped in between). Broadcast the stored one again; pages show
+            # each id once.
+            message, created = await Message.objects.aget_or_create(
+                user=self.user, nonce=nonce, defaults={"room": room, "text": text.strip()}
+            )
+            message.user = self.user
+            if message.room != room:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "this nonce was used for a message in another room")
+            if not created:
+                return message.as_json()
         await self.notify_mentioned(message)
         return message.as_json()
 

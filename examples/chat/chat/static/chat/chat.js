@@ -59,7 +59,13 @@ function start() {
       });
     },
     onSubscribe: function (info) {
-      if (info.resubscribed && !info.recovered) panes.forEach(load); // the rooms' history has them
+      // Missed announcements are in each room's stored history: have the rooms reload it. (tether.js
+      // resubscribes in subscription order: this reply comes before the rooms', which then load.)
+      if (info.resubscribed && !info.recovered) {
+        panes.forEach(function (pane) {
+          pane.stale = true;
+        });
+      }
     },
   });
   client.subscribe(config.groups.online, {
@@ -201,6 +207,7 @@ function subscribe(pane) {
 // The room's last messages from the database, merged into what is shown (each once, in id order).
 function load(pane) {
   pane.stale = true;
+  pane.el.dataset.loads = String(Number(pane.el.dataset.loads || 0) + 1); // how often (the tests read it)
   const url = root.dataset.messagesUrl.replace("ROOM", encodeURIComponent(pane.room));
   fetch(url, { cache: "no-store", credentials: "same-origin" })
     .then(function (response) {
@@ -222,10 +229,26 @@ function send(pane) {
   if (!text || tether.state !== "open") return;
   pane.input.value = "";
   pane.input.focus();
-  tether.publish(config.groups.room + pane.room, { text: text }).catch(function (error) {
-    if (!pane.input.value) pane.input.value = text; // not sent: give it back
+  publish(pane, { text: text, nonce: nonce() }, 3);
+}
+
+// A publish whose connection dropped before the reply may have been stored: send it again, with the
+// same nonce (the server then broadcasts the stored message instead of storing a second one). tether.js
+// holds a command sent while offline until the connection is back (up to its timeout).
+function publish(pane, data, attempts) {
+  tether.publish(config.groups.room + pane.room, data).catch(function (error) {
+    if (error.code === "disconnected" && attempts > 1) {
+      publish(pane, data, attempts - 1);
+      return;
+    }
+    if (!pane.input.value) pane.input.value = data.text; // not sent: give it back
     system(pane, "error: " + error.message);
   });
+}
+
+function nonce() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID(); // https, localhost
+  return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
 }
 
 // -- what is shown ---------------------------------------------------------------------------------
