@@ -12,7 +12,10 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import redis
 
 from tests.servers import ROOT, Server, free_port, serve
 
@@ -101,3 +104,20 @@ class ChatServer:
         self.logs.append(self.server.log)
         self._stack.close()
         self._stack, self.server = None, None
+
+
+@contextlib.contextmanager
+def redis_prefix(name: str) -> Iterator[str]:
+    """A Redis key prefix of this process's own (``REDIS_PREFIX`` for the chat), its keys (the rooms'
+    histories, presence) deleted afterwards from the shared Redis; nothing else is touched."""
+    prefix = f"tether-test-{name}-{os.getpid()}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()

@@ -9,16 +9,16 @@ from typing import Any
 
 from django.urls import include, path
 
-from chat.sockets import ChatSocket
+from chat.sockets import ChatRealtime
 from tether.urls import websocket
 
 
-class PidChatSocket(ChatSocket):
+class PidChatRealtime(ChatRealtime):
     async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
         await super().accept(subprotocol, {**dict(headers or {}), "X-Worker-Pid": str(os.getpid())})
 
 
 urlpatterns = [
-    websocket("ws/rooms/<slug:room>/", PidChatSocket.as_handler(), name="pid-chat-socket"),
+    websocket("ws/", PidChatRealtime.as_handler(), name="pid-realtime"),
     path("", include("chatsite.urls")),
 ]

@@ -9,7 +9,17 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from tests.chat import ChatServer, chat_env, manage
-from tests.test_chat_browser import CHROMIUM, CHROMIUM_ARGS, WAIT, open_room, require_chromium, say, signed_up
+from tests.test_chat_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    WAIT,
+    log,
+    open_room,
+    pane,
+    require_chromium,
+    say,
+    signed_up,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -40,12 +50,14 @@ def test_token_page_connects_with_the_subprotocol_form(browser: Browser, chat: C
     context = signed_up(browser, chat, "tina")
     page = context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto("/rooms/lobby/?auth=token")
+    with page.expect_response("**/tether/token/") as token:  # the token the socket offers
+        page.goto("/rooms/lobby/?auth=token")
+    assert token.value.status == 200
     state = page.locator("#state")
     expect(state).to_have_attribute("data-state", "open", timeout=WAIT)
     expect(state).to_have_attribute("data-protocol", "tether.v1")
     say(page, "signed in by token")
-    expect(page.locator("#log li.message", has_text="signed in by token").locator(".user")).to_have_text(
+    expect(log(page).locator("li.message", has_text="signed in by token").locator(".user")).to_have_text(
         "tina", timeout=WAIT
     )
     assert "bearer." not in chat.log
@@ -65,7 +77,7 @@ def test_logout_in_one_tab_closes_the_other_tabs_socket_and_says_why(browser: Br
     state = room.locator("#state")
     expect(state).to_have_attribute("data-state", "closed", timeout=WAIT)
     expect(state).to_have_text("closed · signed out: sign in again")
-    expect(room.locator("#text")).to_be_disabled()
+    expect(pane(room).locator(".compose")).to_be_disabled()
     assert "logged out (closed 4401)" in chat.log
     context.close()
     assert errors == []

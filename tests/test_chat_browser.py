@@ -2,19 +2,26 @@
 
 Sync tests on purpose: Playwright's sync API can't run inside an asyncio loop.
 The tests share one server and one signed-in page per user, and run in order;
-the last one restarts the server under the open pages.
+the last two restart the server under the open pages.
+
+A page is one tether.v1 socket (tether.js) showing one or more rooms, each a
+``.room[data-room=...]`` pane with its ``.log`` and its ``.compose`` input.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
-from tests.chat import ChatServer, chat_env, manage
-from tests.conftest import require_program
+from tests.chat import ChatServer, chat_env, manage, redis_prefix, session_cookie
+from tests.conftest import require_program, require_service
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.browser
@@ -71,22 +78,35 @@ def signed_up(browser: Browser, chat: ChatServer, username: str) -> BrowserConte
     return context
 
 
-def open_room(context: BrowserContext, room: str, errors: list[str]) -> Page:
-    """A page on ``/rooms/<room>/`` whose socket is open; uncaught page errors go to ``errors``."""
+def open_room(context: BrowserContext, room: str, errors: list[str], sockets: list[str] | None = None) -> Page:
+    """A page on ``/rooms/<room>/`` whose socket is open; uncaught page errors go to ``errors``, the
+    URL of every WebSocket the page opens to ``sockets``."""
     page = context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    if sockets is not None:
+        page.on("websocket", lambda ws: sockets.append(ws.url))
     page.goto(f"/rooms/{room}/")
     expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT)
     return page
 
 
-def say(page: Page, text: str) -> None:
-    page.fill("#text", text)
-    page.press("#text", "Enter")
+def pane(page: Page, room: str = "lobby") -> Locator:
+    """The part of the page that shows ``room``."""
+    return page.locator(f'#rooms .room[data-room="{room}"]')
 
 
-def message(page: Page, text: str) -> Locator:
-    return page.locator("#log li.message .text", has_text=text)
+def log(page: Page, room: str = "lobby") -> Locator:
+    return pane(page, room).locator(".log")
+
+
+def say(page: Page, text: str, room: str = "lobby") -> None:
+    compose = pane(page, room).locator(".compose")
+    compose.fill(text)
+    compose.press("Enter")
+
+
+def message(page: Page, text: str, room: str = "lobby") -> Locator:
+    return log(page, room).locator("li.message .text", has_text=text)
 
 
 def screenshot(*pages: Page, name: str) -> None:
@@ -123,11 +143,11 @@ def test_message_typed_in_one_browser_appears_in_the_other(alice: Page, bob: Pag
     """alice types in #lobby; bob's page shows it, attributed to alice, as text (never as HTML)."""
     say(alice, "hello bob, <b>not bold</b>")
     for page in (alice, bob):
-        line = page.locator("#log li.message", has_text="hello bob")
+        line = log(page).locator("li.message", has_text="hello bob")
         expect(line).to_have_count(1, timeout=WAIT)
         expect(line.locator(".user")).to_have_text("alice")
         expect(line.locator(".text")).to_have_text("hello bob, <b>not bold</b>")
-    assert bob.locator("#log b").count() == 0
+    assert bob.locator(".log b").count() == 0
     say(bob, "hi alice")
     expect(message(alice, "hi alice")).to_have_count(1, timeout=WAIT)
     screenshot(alice, bob, name="message")
@@ -142,17 +162,17 @@ def test_own_messages_stand_out(alice: Page, bob: Page) -> None:
     """A user's own lines carry the ``mine`` class, and that class is styled: their background
     differs from the other user's lines (and from no background at all)."""
     for page, own, other in ((alice, "hello bob", "hi alice"), (bob, "hi alice", "hello bob")):
-        mine = page.locator("#log li.message", has_text=own)
-        theirs = page.locator("#log li.message", has_text=other)
+        mine = log(page).locator("li.message", has_text=own)
+        theirs = log(page).locator("li.message", has_text=other)
         expect(mine).to_have_class("message mine")
         expect(theirs).to_have_class("message")
         assert background(mine) not in (background(theirs), "rgba(0, 0, 0, 0)")
 
 
 def test_joining_shows_the_last_messages(bob_context: BrowserContext, alice: Page, errors: list[str]) -> None:
-    """A page opened later gets the room's stored history over the socket, oldest first."""
+    """A page opened later shows the room's stored history, oldest first."""
     late = open_room(bob_context, "lobby", errors)
-    texts = late.locator("#log li.message .text")
+    texts = log(late).locator("li.message .text")
     expect(texts).to_have_text(["hello bob, <b>not bold</b>", "hi alice"], timeout=WAIT)
     late.close()
 
@@ -168,7 +188,7 @@ def test_announce_form_reaches_every_room(
     form.click("#announce button")
     expect(form.locator(".flash")).to_contain_text("Announced to all rooms", timeout=WAIT)
     for page in (alice, bob, elsewhere):
-        expect(page.locator("#log li.announcement", has_text="maintenance at noon")).to_have_count(1, timeout=WAIT)
+        expect(page.locator(".log li.announcement", has_text="maintenance at noon")).to_have_count(1, timeout=WAIT)
     screenshot(form, elsewhere, name="announce")
     form.close()
     elsewhere.close()
@@ -181,10 +201,10 @@ def test_announcements_survive_a_reload(alice: Page, bob_context: BrowserContext
     expect(alice.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT)
     later = open_room(bob_context, "opened-later", errors)
     for page in (alice, later):
-        announcement = page.locator("#log li.announcement", has_text="maintenance at noon")
+        announcement = page.locator(".log li.announcement", has_text="maintenance at noon")
         expect(announcement).to_have_count(1, timeout=WAIT)
         expect(announcement.locator(".user")).to_have_text("alice")
-    expect(alice.locator("#log li .text")).to_have_text(
+    expect(log(alice).locator("li .text")).to_have_text(
         ["hello bob, <b>not bold</b>", "hi alice", "maintenance at noon"], timeout=WAIT
     )
     later.close()
@@ -206,11 +226,11 @@ def test_mention_notifies_the_user_in_every_other_room(
     notice = elsewhere.locator("#notices .mention", has_text="lunch?")
     expect(notice).to_have_count(1, timeout=WAIT)
     expect(notice).to_contain_text("alice mentioned you in #lobby")
-    expect(message(elsewhere, "lunch?")).to_have_count(0)  # the message itself stays in #lobby
-    expect(bob.locator("#log li.mentions-me", has_text="lunch?")).to_have_count(1, timeout=WAIT)
+    expect(elsewhere.locator(".log li", has_text="lunch?")).to_have_count(0)  # the message itself stays in #lobby
+    expect(log(bob).locator("li.mentions-me", has_text="lunch?")).to_have_count(1, timeout=WAIT)
     # Sentinel: a mention from #random reaches bob's #lobby page after the #lobby one did.
     alice_random = open_room(alice.context, "random", errors)
-    say(alice_random, "@bob or here?")
+    say(alice_random, "@bob or here?", "random")
     expect(bob.locator("#notices .mention", has_text="or here?")).to_have_count(1, timeout=WAIT)
     expect(bob.locator("#notices .mention")).to_have_count(1)  # ... and is the only banner there
     expect(alice.locator("#notices .mention")).to_have_count(0)
@@ -221,6 +241,74 @@ def test_mention_notifies_the_user_in_every_other_room(
     expect(bob.locator("#notices .mention")).to_have_count(0)
     alice_random.close()
     elsewhere.close()
+    assert errors == []
+
+
+def test_two_rooms_in_one_page_over_one_socket(
+    alice: Page, bob_context: BrowserContext, chat: ChatServer, errors: list[str]
+) -> None:
+    """alice's page shows #lobby and #random (``?also=random``); bob's shows #random, and he adds #lobby
+    with the open-room form. Each page has exactly one WebSocket for both rooms; each room's lines land
+    in that room's pane only, on both pages; the URL keeps the rooms, and a reload shows both again."""
+    alice_sockets: list[str] = []
+    bob_sockets: list[str] = []
+    both = alice.context.new_page()
+    both.on("pageerror", lambda exc: errors.append(str(exc)))
+    both.on("websocket", lambda ws: alice_sockets.append(ws.url))
+    both.goto("/rooms/lobby/?also=random")
+    expect(both.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT)
+    expect(both.locator("#rooms .room .name")).to_have_text(["#lobby", "#random"])
+    bob_page = open_room(bob_context, "random", errors, bob_sockets)
+    bob_page.fill("#open-name", "Lobby")
+    bob_page.press("#open-name", "Enter")
+    expect(bob_page.locator("#rooms .room .name")).to_have_text(["#random", "#lobby"])
+    expect(pane(bob_page, "lobby").locator(".compose")).to_be_enabled()
+    expect(bob_page).to_have_url(re.compile(r"/rooms/random/\?also=lobby$"))
+    expect(message(bob_page, "hi alice", "lobby")).to_have_count(1, timeout=WAIT)  # the room's history
+    say(both, "lobby line over one socket", "lobby")
+    say(both, "random line over the same socket", "random")
+    for page in (both, bob_page):
+        expect(message(page, "lobby line over one socket", "lobby")).to_have_count(1, timeout=WAIT)
+        expect(message(page, "random line over the same socket", "random")).to_have_count(1, timeout=WAIT)
+        expect(page.locator(".log li", has_text="lobby line over one socket")).to_have_count(1)  # not in #random
+        expect(page.locator(".log li", has_text="random line over the same socket")).to_have_count(1)
+    say(bob_page, "bob answers in random", "random")
+    expect(message(both, "bob answers in random", "random")).to_have_count(1, timeout=WAIT)
+    expect(message(alice, "bob answers in random", "lobby")).to_have_count(0)  # alice's #lobby-only page
+    socket_url = f"{chat.url}/ws/"
+    assert alice_sockets == [socket_url]
+    assert bob_sockets == [socket_url]
+    screenshot(both, bob_page, name="two-rooms")
+    bob_page.reload()
+    expect(bob_page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT)
+    expect(bob_page.locator("#rooms .room .name")).to_have_text(["#random", "#lobby"])
+    expect(message(bob_page, "lobby line over one socket", "lobby")).to_have_count(1, timeout=WAIT)
+    expect(message(bob_page, "bob answers in random", "random")).to_have_count(1, timeout=WAIT)
+    assert bob_sockets == [socket_url, socket_url]  # one per page load
+    both.close()
+    bob_page.close()
+    assert errors == []
+
+
+def test_online_list_shows_who_is_here_and_drops_who_leaves(
+    alice: Page, bob: Page, browser: Browser, chat: ChatServer, errors: list[str]
+) -> None:
+    """The online list (presence of ``chat.online``): alice and bob see each other, their own name
+    first, each name once; dave appears when he opens the chat and goes when his page closes."""
+    expect(alice.locator("#online-list li")).to_have_text(["alice", "bob"], timeout=WAIT)
+    expect(bob.locator("#online-list li")).to_have_text(["bob", "alice"], timeout=WAIT)
+    dave_context = signed_up(browser, chat, "dave")
+    dave = open_room(dave_context, "lobby", errors)
+    expect(dave.locator("#online-list li")).to_have_text(["dave", "alice", "bob"], timeout=WAIT)
+    for page, own, other in ((alice, "alice", "bob"), (bob, "bob", "alice")):
+        expect(page.locator("#online-list li")).to_have_text([own, other, "dave"], timeout=WAIT)
+    second = open_room(dave_context, "random", errors)  # a second page of dave's: still one name
+    expect(second.locator("#online-list li")).to_have_text(["dave", "alice", "bob"], timeout=WAIT)
+    expect(alice.locator("#online-list li")).to_have_count(3)
+    screenshot(dave, name="online")
+    dave_context.close()
+    for page, own, other in ((alice, "alice", "bob"), (bob, "bob", "alice")):
+        expect(page.locator("#online-list li")).to_have_text([own, other], timeout=WAIT)
     assert errors == []
 
 
@@ -280,11 +368,82 @@ def test_page_load_logs_no_warning_and_no_404(
         time.sleep(0.05)
     this_page = chat.log[before:].split(marker)[0]
     assert '"GET /static/chat/chat.js HTTP/1.1" 200' in this_page, this_page
+    assert '"GET /static/tether/tether.js HTTP/1.1" 200' in this_page, this_page
     assert '"GET /static/chat/chat.css HTTP/1.1" 200' in this_page, this_page
     log = chat.log.split(marker)[0]
     assert "StreamingHttpResponse" not in log and "Warning" not in log, log
     assert " 404" not in log and "Not Found" not in log and "favicon.ico" not in log, log
     context.close()
+    assert errors == []
+
+
+def restart_mid_conversation(chat: ChatServer, pages: tuple[Page, ...], count: int = 40) -> None:
+    """A third process (tether.client, signed in as eve) says ``count`` numbered lines in #lobby, one
+    every 50 ms; the server restarts after the 11th. Each page then shows all of them, in order, once."""
+    cookie = session_cookie(chat.env, "eve")
+    publisher = subprocess.Popen(
+        [sys.executable, "-m", "tests.chat_publisher", chat.http_url, cookie, "lobby", str(count), "0.05"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        expect(message(pages[0], f"restart 10/{count}")).to_have_count(1, timeout=WAIT)  # mid-conversation
+        chat.stop()
+        chat.start()
+        out, err = publisher.communicate(timeout=90)
+        assert publisher.returncode == 0, (out, err)
+        published = re.fullmatch(rf"published {count} over (\d+) connections", out.strip())
+        assert published and int(published[1]) >= 2, (out, err)  # the restart cut it off mid-way
+    finally:
+        if publisher.poll() is None:
+            publisher.kill()
+            publisher.wait()
+    lines = [f"restart {n}/{count}" for n in range(count)]
+    for page in pages:
+        expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT)
+        numbered = log(page).locator("li.message .text", has_text=re.compile(rf"^restart \d+/{count}$"))
+        expect(numbered).to_have_text(lines, timeout=WAIT)
+
+
+def test_no_message_lost_when_the_server_restarts_mid_conversation(
+    chat: ChatServer, alice: Page, bob: Page, errors: list[str]
+) -> None:
+    """A server restart while a third process chats: alice's and bob's pages show every line, in
+    order, once. On the memory backend the history died with the process: the pages were told
+    ``recovered: false`` and merged the room's stored messages back in."""
+    restart_mid_conversation(chat, (alice, bob))
+    for page in (alice, bob):
+        expect(pane(page)).to_have_attribute("data-recovered", "false")
+        expect(pane(page)).to_have_attribute("data-loads", "2")  # opening the room, then after the restart
+    screenshot(alice, bob, name="restart")
+    assert errors == []
+
+
+def test_history_carries_the_pages_across_a_restart_on_redis(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same restart on Redis, where the rooms' history outlives the server: the pages resubscribe
+    from the last line they saw and get what they missed from the history (``recovered: true``, no
+    reload from the database), every line in order, once."""
+    require_service("Redis", "127.0.0.1", 6379)
+    errors: list[str] = []
+    with redis_prefix("chat-browser") as prefix:
+        env = chat_env(tmp_path_factory.mktemp("chat-redis"), TETHER_BACKEND="redis", REDIS_PREFIX=prefix)
+        manage(env, "migrate", "--noinput")
+        server = ChatServer(env)
+        server.start()
+        try:
+            contexts = [signed_up(browser, server, name) for name in ("alice", "bob")]
+            pages = tuple(open_room(context, "lobby", errors) for context in contexts)
+            restart_mid_conversation(server, pages)
+            for page in pages:
+                expect(pane(page)).to_have_attribute("data-recovered", "true")
+                expect(pane(page)).to_have_attribute("data-loads", "1")  # only when the room opened
+            screenshot(*pages, name="restart-redis")
+            for context in contexts:
+                context.close()
+        finally:
+            server.stop()
     assert errors == []
 
 
@@ -300,7 +459,7 @@ def test_pages_reconnect_after_server_restart(
     chat.stop()
     for page in (alice, bob, carol):
         expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting", timeout=WAIT)
-        expect(page.locator("#text")).to_be_disabled()
+        expect(pane(page).locator(".compose")).to_be_disabled()
     manage(  # carol's session ends while no server runs: no socket to close, her reconnect is refused
         chat.env,
         "shell",

@@ -29,8 +29,8 @@ def get(url: str) -> tuple[int, str]:
 
 def test_demo_script_serves_the_chat(tmp_path: Path) -> None:
     """demo.sh (in this virtualenv, on a fresh SQLite file) serves the login page, the room page's
-    redirect to it, and the page's JavaScript and icon (with no warning about streaming files under
-    ASGI); the websocket route answers plain HTTP with 426.
+    redirect to it, the page's JavaScript (chat.js on tether.js) and icon (with no warning about
+    streaming files under ASGI); the websocket route answers plain HTTP with 426.
     """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "TETHER_BACKEND")}
@@ -51,11 +51,13 @@ def test_demo_script_serves_the_chat(tmp_path: Path) -> None:
             assert status == 200 and "Log in" in body
             assert get(f"{base}/rooms/lobby/") == (302, "/accounts/login/?next=/rooms/lobby/")
             status, body = get(f"{base}/static/chat/chat.js")
-            assert status == 200 and "new WebSocket(url)" in body
+            assert status == 200 and "new Tether(" in body  # the page's one socket is tether.js's
+            status, body = get(f"{base}/static/tether/tether.js")
+            assert status == 200 and 'export const PROTOCOL = "tether.v1"' in body
             assert get(f"{base}/static/chat/favicon.svg")[0] == 200  # the pages' <link rel=icon>
             # Python prints a warning before the body it is about goes out, so it's in the log by now.
             assert "StreamingHttpResponse" not in log.read_text()
-            assert get(f"{base}/ws/rooms/lobby/")[0] == 426
+            assert get(f"{base}/ws/")[0] == 426
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)

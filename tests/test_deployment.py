@@ -23,7 +23,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from tests.chat import ChatServer, chat_env, manage, session_cookie
+from tests.chat import ChatServer, chat_env, manage, redis_prefix, session_cookie
 from tests.conftest import require_service
 from tests.nginx import (
     Nginx,
@@ -271,13 +271,15 @@ def postgres_database() -> Iterator[str]:
 @pytest.fixture(scope="module", params=["redis", "postgres"])
 def workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
     """The chat under ``uvicorn --workers 2``, switched by its environment variables to
-    the Redis backend (TETHER_BACKEND=redis), or to PostgreSQL for both the database
-    (DATABASE_URL) and the backend (TETHER_BACKEND=postgres, LISTEN/NOTIFY).
+    the Redis backend (TETHER_BACKEND=redis, its keys under a prefix of this run's own, deleted
+    afterwards), or to PostgreSQL for both the database (DATABASE_URL) and the backend
+    (TETHER_BACKEND=postgres, LISTEN/NOTIFY).
     """
     with contextlib.ExitStack() as stack:
         env = chat_env(tmp_path_factory.mktemp("chat"), settings="tests.chat_settings", TETHER_BACKEND=request.param)
         if request.param == "redis":
             require_service("Redis", "127.0.0.1", 6379)
+            env["REDIS_PREFIX"] = stack.enter_context(redis_prefix("chat"))
         else:
             require_service("PostgreSQL", "127.0.0.1", 5432)
             env["DATABASE_URL"] = stack.enter_context(postgres_database())
@@ -295,34 +297,82 @@ def parent_pid(pid: int) -> int:
     raise AssertionError(f"no PPid for process {pid}")
 
 
-async def chat_socket(server: ChatServer, cookie: str, room: str = "lobby") -> tuple[ClientConnection, int]:
-    """A chat socket logged in with ``cookie``, once its history arrived; and the PID of its worker."""
+def page_config(server: ChatServer, cookie: str) -> dict[str, Any]:
+    """The room page's ``chat-config`` (rooms, the groups to subscribe to), fetched with ``cookie``."""
+    request = urllib.request.Request(f"{server.http_url}/rooms/lobby/", headers={"Cookie": f"sessionid={cookie}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        html = response.read().decode()
+    found = re.search(r'<script id="chat-config" type="application/json">(.*?)</script>', html)
+    assert found, html
+    config: dict[str, Any] = json.loads(found[1])
+    return config
+
+
+class Protocol:
+    """A chat page's socket (tether.v1) driven by hand: numbered commands, replies, pushes."""
+
+    def __init__(self, ws: ClientConnection, groups: dict[str, str] | None = None) -> None:
+        self.ws = ws
+        self.groups = groups or {}  # the page's groups (chat-config)
+        self.connection = ""  # its id in presence
+        self.next_id = 0
+        self.pushes: list[dict[str, Any]] = []
+
+    async def call(self, kind: str, **fields: Any) -> Any:
+        """Send a command; its result (raises on an error reply), pushes before it kept for ``push``."""
+        self.next_id += 1
+        ident = self.next_id
+        await self.ws.send(json.dumps({"id": ident, "type": kind, **fields}))
+        while True:
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
+            if "type" in frame:
+                self.pushes.append(frame)
+            elif frame["id"] == ident:
+                assert "result" in frame, frame
+                return frame["result"]
+
+    async def push(self, kind: str, group: str) -> dict[str, Any]:
+        """The next push of type ``kind`` for ``group``, within 10 s; other pushes are kept for later."""
+        for n, frame in enumerate(self.pushes):
+            if frame.get("type") == kind and frame.get("group") == group:
+                return self.pushes.pop(n)
+
+        async def find() -> dict[str, Any]:
+            while True:
+                frame: dict[str, Any] = json.loads(await self.ws.recv())
+                if frame.get("type") == kind and frame.get("group") == group:
+                    return frame
+                self.pushes.append(frame)
+
+        return await asyncio.wait_for(find(), 10)
+
+
+async def chat_socket(server: ChatServer, cookie: str) -> tuple[Protocol, int]:
+    """A page's socket logged in with ``cookie``, subscribed like the page to #lobby, the user's
+    mentions and the online list; and the PID of its worker."""
     ws = await websockets.connect(
-        f"{server.url}/ws/rooms/{room}/",
+        f"{server.url}/ws/",
         origin=websockets.Origin(server.http_url),
         additional_headers={"Cookie": f"sessionid={cookie}"},
+        subprotocols=[websockets.Subprotocol("tether.v1")],
         open_timeout=10,
     )
-    assert ws.response is not None
-    first = json.loads(await asyncio.wait_for(ws.recv(), 10))
-    assert first["type"] == "history"  # joined: the worker is subscribed to the room's group
-    return ws, int(ws.response.headers["X-Worker-Pid"])
+    assert ws.response is not None and ws.subprotocol == "tether.v1"
+    groups = (await asyncio.to_thread(page_config, server, cookie))["groups"]
+    client = Protocol(ws, groups)
+    for group in (LOBBY, groups["mentions"], groups["online"]):
+        await client.call("subscribe", group=group)  # the worker is subscribed to the group
+    joined = await client.push("join", groups["online"])  # its own join comes first
+    client.connection = joined["member"]["connection"]
+    return client, int(ws.response.headers["X-Worker-Pid"])
 
 
-async def next_of_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
-    """The next frame of type ``kind`` (skipping others), within 10 s."""
-
-    async def find() -> dict[str, Any]:
-        while True:
-            frame: dict[str, Any] = json.loads(await ws.recv())
-            if frame["type"] == kind:
-                return frame
-
-    return await asyncio.wait_for(find(), 10)
+LOBBY = "chat.room.lobby"
 
 
 async def test_workers_chat_across_processes(workers: ChatServer) -> None:
-    """Two users whose sockets two different worker processes serve chat with each other through the broker."""
+    """Two users whose sockets two different worker processes serve chat with each other through the
+    broker: messages (stored, stamped with their author), a mention to the user's group, and presence."""
     alice_cookie = session_cookie(workers.env, "alice")
     bob_cookie = session_cookie(workers.env, "bob")
     alice, alice_pid = await chat_socket(workers, alice_cookie)
@@ -332,19 +382,29 @@ async def test_workers_chat_across_processes(workers: ChatServer) -> None:
         if pid != alice_pid:
             bob, bob_pid = candidate, pid
             break
-        await candidate.close()
+        await candidate.ws.close()
     assert bob is not None, f"all 60 connections landed on worker {alice_pid}"
     assert workers.server is not None
     assert parent_pid(alice_pid) == parent_pid(bob_pid) == workers.server.process.pid  # two workers, one server
-    async with alice, bob:
-        await alice.send(json.dumps({"text": f"hello from worker {alice_pid}"}))
-        got = await next_of_type(bob, "message")
-        assert (got["user"], got["text"]) == ("alice", f"hello from worker {alice_pid}")
-        assert (await next_of_type(alice, "message"))["id"] == got["id"]  # the room includes its author
-        await bob.send(json.dumps({"text": "@alice hi from the other worker"}))
-        assert (await next_of_type(alice, "message"))["text"] == "@alice hi from the other worker"
-        mention = await next_of_type(alice, "mention")  # user_group(alice) crosses processes too
-        assert (mention["user"], mention["room"]) == ("bob", "lobby")
+    async with alice.ws, bob.ws:
+        while (await alice.push("join", "chat.online"))["member"]["connection"] != bob.connection:
+            pass  # her own join first, then bob's (and his sockets that landed on her worker)
+        members = (await alice.call("presence", group="chat.online"))["members"]
+        assert sorted(m["info"]["name"] for m in members) == ["alice", "bob"]
+        await alice.call("publish", group=LOBBY, data={"text": f"hello from worker {alice_pid}", "user": "mallory"})
+        got = (await bob.push("message", LOBBY))["data"]
+        assert (got["user"], got["text"]) == ("alice", f"hello from worker {alice_pid}")  # stamped by the server
+        assert (await alice.push("message", LOBBY))["data"]["id"] == got["id"]  # the room includes its author
+        await bob.call("publish", group=LOBBY, data={"text": "@alice hi from the other worker"})
+        assert (await alice.push("message", LOBBY))["data"]["text"] == "@alice hi from the other worker"
+        mention = (await alice.push("message", alice.groups["mentions"]))["data"]  # user_group(alice)
+        assert (mention["type"], mention["user"], mention["room"]) == ("mention", "bob", "lobby")
+        # Sent again with its nonce (the reply was lost to a dropped connection): stored once, the
+        # stored message broadcast again, which pages show once by id.
+        for _ in range(2):
+            await bob.call("publish", group=LOBBY, data={"text": "said once", "nonce": "bob-1"})
+        first, again = [(await alice.push("message", LOBBY))["data"] for _ in range(2)]
+        assert first == again and first["text"] == "said once"
 
 
 async def test_chat_behind_nginx_over_wss(workers: ChatServer, site: Site) -> None:
@@ -356,21 +416,23 @@ async def test_chat_behind_nginx_over_wss(workers: ChatServer, site: Site) -> No
         request = urllib.request.Request(f"{nginx.https_url}/rooms/lobby/", headers={"Cookie": f"sessionid={cookie}"})
         html = await asyncio.to_thread(fetch, request, site)
         # Host $http_host: the public name and port, so the page links the socket it can reach
-        assert f'data-socket-url="wss://127.0.0.1:{site.https_port}/ws/rooms/lobby/"' in html
+        assert f'data-socket-url="wss://127.0.0.1:{site.https_port}/ws/"' in html
         headers = {"Cookie": f"sessionid={cookie}"}
         async with websockets.connect(
-            f"{nginx.wss_url}/ws/rooms/lobby/",
+            f"{nginx.wss_url}/ws/",
             ssl=trusting(site),
             origin=websockets.Origin(nginx.https_url),
             additional_headers=headers,
+            subprotocols=[websockets.Subprotocol("tether.v1")],
         ) as ws:
-            assert json.loads(await ws.recv())["type"] == "history"
-            await ws.send(json.dumps({"text": "through nginx"}))
-            frame = await next_of_type(ws, "message")
-            assert (frame["user"], frame["text"]) == ("carol", "through nginx")
+            client = Protocol(ws)
+            await client.call("subscribe", group=LOBBY)
+            await client.call("publish", group=LOBBY, data={"text": "through nginx"})
+            data = (await client.push("message", LOBBY))["data"]
+            assert (data["user"], data["text"]) == ("carol", "through nginx")
         with pytest.raises(InvalidStatus) as info:  # an http:// page may not open a wss:// socket
             async with websockets.connect(
-                f"{nginx.wss_url}/ws/rooms/lobby/",
+                f"{nginx.wss_url}/ws/",
                 ssl=trusting(site),
                 origin=websockets.Origin(f"http://127.0.0.1:{site.https_port}"),
                 additional_headers=headers,

@@ -174,6 +174,67 @@ async def test_publish_reaches_subscribers_and_plain_members() -> None:
         assert (await ca.call("publish", group=group, data=5))["error"]["code"] == "bad_request"
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_prepare_publish_stamps_what_is_broadcast() -> None:
+    """prepare_publish's return value is what subscribers get: stamped with the author the server
+    knows (a client claiming another name is overruled), for anonymous and signed-in users alike."""
+    group = new_group("public.stamped")
+    user = await get_user_model().objects.acreate(username=f"a{uuid.uuid4().hex[:6]}")
+    async with (
+        connect(PATH, subprotocols=[PROTOCOL], user=user) as a,
+        connect(PATH, subprotocols=[PROTOCOL]) as b,
+    ):
+        ca, cb = Client(a), Client(b)
+        await cb.call("subscribe", group=group)
+        reply = await ca.call("publish", group=group, data={"text": "hi", "user": "someone else"})
+        assert reply["result"] == {"group": group, "position": None}
+        assert await cb.push() == {
+            "type": "message",
+            "group": group,
+            "data": {"text": "hi", "user": user.get_username(), "n": 1},
+        }
+        await cb.call("publish", group=group, data={"text": "anon"})
+        assert (await cb.push())["data"] == {"text": "anon", "user": None, "n": 1}
+        await ca.call("publish", group=group, data={"text": "again"})
+        assert (await cb.push())["data"]["n"] == 2
+
+
+async def test_prepare_publish_refuses_with_an_error_reply_and_broadcasts_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ProtocolError from prepare_publish is the command's error reply, and nothing goes out (a
+    sentinel published after it is the next push); another exception answers internal and is logged.
+    The socket keeps working either way."""
+    group = new_group("public.stamped")
+    async with connect(PATH, subprotocols=[PROTOCOL]) as ws:
+        client = Client(ws)
+        await client.call("subscribe", group=group)
+        reply = await client.call("publish", group=group, data={"text": ""})
+        assert reply["error"] == {"code": "bad_request", "message": 'send {"text": "..."}'}
+        with caplog.at_level(logging.ERROR, "tether.realtime"):
+            crashed = await client.call("publish", group="public.crash", data={"text": "boom"})
+        assert crashed["error"]["code"] == "internal"
+        assert "prepare_publish crashed" in caplog.text
+        await client.call("publish", group=group, data={"text": "sentinel"})
+        assert (await client.push())["data"] == {"text": "sentinel", "user": None, "n": 1}
+        assert client.pushes == []
+
+
+@override_settings(TETHER={"GROUPS": {"public.stamped*": {"history": 5}}})
+async def test_prepare_publish_result_is_what_history_keeps() -> None:
+    """In a history group the stamped data is stored: the reply has its position, history returns it."""
+    group = new_group("public.stamped")
+    async with connect(PATH, subprotocols=[PROTOCOL]) as ws:
+        client = Client(ws)
+        first = (await client.call("subscribe", group=group))["result"]
+        reply = (await client.call("publish", group=group, data={"text": "kept", "extra": "dropped"}))["result"]
+        assert reply["position"] == {"offset": 1, "epoch": first["position"]["epoch"]}
+        push = await client.push()
+        assert (push["position"], push["data"]) == (reply["position"], {"text": "kept", "user": None, "n": 1})
+        page = (await client.call("history", group=group))["result"]
+        assert [m["data"] for m in page["messages"]] == [{"text": "kept", "user": None, "n": 1}]
+
+
 async def test_the_101st_subscription_is_refused() -> None:
     """MAX_SUBSCRIPTIONS (default 100) per connection: the next one answers too_many_subscriptions."""
     async with connect(PATH, subprotocols=[PROTOCOL]) as ws:

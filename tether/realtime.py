@@ -243,6 +243,20 @@ class RealtimeView(SocketView):
         """The async twin of ``can_publish`` (which it calls by default); override it to query the DB."""
         return self.can_publish(user, group, data)
 
+    async def prepare_publish(self, group: str, data: Any) -> Any:
+        """What a permitted ``publish`` broadcasts: ``data`` as the client sent it, by default.
+
+        Runs after ``acan_publish`` allowed the command, on the event loop (await
+        the ORM's async methods here). Override it to validate the data, store it,
+        stamp it with what the client can't be trusted to say (the author, the
+        time, a database id), and return what subscribers should get: a dict, a
+        list or a string. Raise ``ProtocolError(ErrorCode.BAD_REQUEST, "...")``
+        (or another code) to refuse the command: the client gets that error
+        reply, and nothing is broadcast. Any other exception answers
+        ``internal`` and is logged.
+        """
+        return data
+
     # -- the connection --------------------------------------------------------
 
     async def connect(self) -> None:
@@ -443,6 +457,7 @@ class RealtimeView(SocketView):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "publish data is an object, an array or a string")
         if not await self.acan_publish(self.user, group, data):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to publish to {group!r}")
+        data = await self.prepare_publish(group, data)
         position = await broadcast(group, data)
         return {"group": group, "position": position.as_dict() if position is not None else None}
 

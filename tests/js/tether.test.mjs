@@ -128,7 +128,9 @@ test("4401 after the handshake stops reconnecting and says why", async () => {
   const closed = await when(tether, "closed");
   assert.equal(closed.code, 4401);
   assert.match(closed.reason, /not reconnecting/);
+  assert.equal(closed.closeReason, "login required"); // the server's words, for the page to show
   assert.equal(tether.state, "closed");
+  assert.equal(tether.protocol, ""); // no connection any more
 });
 
 /** A TCP proxy to the server that can black-hole its current connections (bytes go nowhere, nothing closes). */
@@ -181,6 +183,7 @@ test("a silent connection is detected by heartbeats and replaced within interval
   const box = inbox();
   const sub = tether.subscribe(group, { onMessage: box.onMessage });
   await sub.ready;
+  assert.equal(tether.protocol, "tether.v1"); // what the server selected
   const resubscribed = new Promise((resolve) => tether.on("subscribe", (info) => info.resubscribed && resolve(info)));
   const started = performance.now();
   hole.blackhole();

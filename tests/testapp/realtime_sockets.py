@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from tether import login_required
-from tether.realtime import RealtimeView
+from tether.realtime import ErrorCode, ProtocolError, RealtimeView
 
 
 class Realtime(RealtimeView):
-    """Anyone may subscribe to ``public.*`` and ``room.*`` and publish to ``public.*``; ``crash.*`` hooks raise."""
+    """Anyone may subscribe to ``public.*`` and ``room.*`` and publish to ``public.*``; ``crash.*`` hooks raise.
+
+    ``prepare_publish``: in ``public.stamped*`` a message is ``{"text": str}``, broadcast stamped with
+    the author (None when anonymous) and a count of this connection's messages; ``public.crash*`` raises.
+    """
+
+    stamped = 0
 
     def can_subscribe(self, user: Any, group: str) -> bool:
         if group.startswith("crash."):
@@ -18,6 +24,18 @@ class Realtime(RealtimeView):
 
     def can_publish(self, user: Any, group: str, data: Any) -> bool:
         return group.startswith("public.")
+
+    async def prepare_publish(self, group: str, data: Any) -> Any:
+        if group.startswith("public.crash"):
+            raise RuntimeError("prepare_publish crashed")
+        if not group.startswith("public.stamped"):
+            return await super().prepare_publish(group, data)
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, 'send {"text": "..."}')
+        self.stamped += 1
+        user = self.user.get_username() if self.user.is_authenticated else None
+        return {"text": text, "user": user, "n": self.stamped}
 
     def presence_info(self) -> Any:
         name = self.socket.query_params.get("name")

@@ -7,15 +7,17 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.text import slugify
 from django.views.decorators.http import require_http_methods
 
-from tether import broadcast_sync
+from tether import broadcast_sync, user_group
 
 from .models import Message
-from .sockets import ANNOUNCEMENTS, MAX_LENGTH
+from .sockets import ANNOUNCEMENTS, MAX_LENGTH, ONLINE, SLUG, room_group
+
+MAX_ROOMS = 8  # rooms one page shows at once (each is a subscription on the page's one socket)
 
 
 class RoomForm(forms.Form):
@@ -45,8 +47,36 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def room(request: HttpRequest, slug: str) -> HttpResponse:
-    """The room page; the messages come over the socket."""
-    return render(request, "chat/room.html", {"room": slug})
+    """The chat page: room ``slug``, and the rooms named by ``?also=`` beside it, all over one socket.
+
+    The messages come from ``room_messages`` and the socket; the page adds and removes rooms itself
+    and keeps ``?also=`` up to date, so a reload shows the same rooms.
+    """
+    rooms = [slug]
+    for other in request.GET.getlist("also"):
+        if SLUG.fullmatch(other) and other not in rooms and len(rooms) < MAX_ROOMS:
+            rooms.append(other)
+    config = {
+        "rooms": rooms,
+        "maxRooms": MAX_ROOMS,
+        "me": request.user.get_username(),
+        "groups": {
+            "room": room_group(""),
+            "announcements": ANNOUNCEMENTS,
+            "online": ONLINE,
+            "mentions": user_group(request.user),
+        },
+    }
+    return render(request, "chat/room.html", {"room": slug, "config": config})
+
+
+def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
+    """The room's last messages and announcements as JSON, oldest first: what a page shows when it
+    opens a room, and reloads when the socket couldn't recover what it missed. 401 when signed out
+    (a script reads this, not a person: no redirect to the login page)."""
+    if not request.user.is_authenticated:
+        return JsonResponse({"error": "signed out"}, status=401)
+    return JsonResponse({"room": slug, "messages": [m.as_json() for m in Message.recent(slug)]})
 
 
 @login_required

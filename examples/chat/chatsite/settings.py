@@ -5,9 +5,15 @@ Embedded defaults: SQLite next to this file and tether's in-memory backend, so
 
 - ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/chat``: PostgreSQL (needs ``psycopg``);
   ``sqlite:////abs/path.sqlite3`` picks another SQLite file;
-- ``TETHER_BACKEND=redis``: Redis at ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``),
-  needed as soon as more than one server process runs; ``TETHER_BACKEND=postgres`` uses
-  LISTEN/NOTIFY on the ``default`` database (which must then be PostgreSQL).
+- ``TETHER_BACKEND=redis``: Redis at ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``, its
+  keys prefixed with ``REDIS_PREFIX``, default ``tether:``), needed as soon as more than one
+  server process runs; ``TETHER_BACKEND=postgres`` uses LISTEN/NOTIFY on the ``default`` database
+  (which must then be PostgreSQL).
+
+The groups the chat uses are in ``TETHER["GROUPS"]`` (see chat/sockets.py): rooms and announcements
+keep a history, so a page that reconnects gets what it missed (across a server restart on Redis or
+PostgreSQL; the memory backend's history dies with the process, and the page then reloads the rooms
+from the database), and ``chat.online`` has presence.
 """
 
 import os
@@ -83,14 +89,24 @@ _BACKENDS = {
     "memory": {"BACKEND": "tether.backends.memory.MemoryBackend"},
     "redis": {
         "BACKEND": "tether.backends.redis.RedisBackend",
-        "OPTIONS": {"url": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")},
+        "OPTIONS": {
+            "url": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "prefix": os.environ.get("REDIS_PREFIX", "tether:"),
+        },
     },
     "postgres": {"BACKEND": "tether.backends.postgres.PostgresBackend", "OPTIONS": {"database": "default"}},
 }
 _backend = os.environ.get("TETHER_BACKEND", "memory")
 if _backend not in _BACKENDS:
     raise ValueError(f"TETHER_BACKEND={_backend!r}: choose one of {', '.join(_BACKENDS)}")
-TETHER = _BACKENDS[_backend]
+TETHER = {
+    **_BACKENDS[_backend],
+    "GROUPS": {
+        "chat.room.*": {"history": 500, "history_ttl": 7 * 24 * 3600},
+        "chat.announcements": {"history": 100, "history_ttl": 7 * 24 * 3600},
+        "chat.online": {"presence": True},
+    },
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},

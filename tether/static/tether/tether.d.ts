@@ -26,6 +26,8 @@ export interface StateEvent {
   /** The close code that ended the last connection ("reconnecting", "closed"). */
   code?: number;
   reason?: string;
+  /** The close frame's reason exactly as the server sent it ("" when it sent none or there was no close frame). */
+  closeReason?: string;
   /** Milliseconds until the next attempt ("reconnecting"). */
   retryIn?: number;
 }
@@ -104,6 +106,8 @@ export interface HistoryPage<T = unknown> {
 export declare class Tether {
   readonly url: string;
   readonly state: State;
+  /** The subprotocol the server selected ("tether.v1" while open), or "" without a connection. */
+  readonly protocol: string;
   constructor(url: string, options?: TetherOptions);
   on(event: "state", listener: (detail: StateEvent) => void): () => void;
   on(event: "subscribe", listener: (detail: SubscribeInfo) => void): () => void;

@@ -153,6 +153,11 @@ export class Tether {
     this._connect();
   }
 
+  /** The subprotocol the server selected ("tether.v1" while open), or "" without a connection. */
+  get protocol() {
+    return this._ws?.protocol ?? "";
+  }
+
   /** Call `listener(detail)` on `event` ("state", "subscribe", "error"); returns a function that stops it. */
   on(event, listener) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -241,7 +246,9 @@ export class Tether {
       if (ws === this._ws) this._receive(event.data);
     };
     ws.onclose = (event) => {
-      if (ws === this._ws) this._lost({ code: event.code, reason: event.reason || "connection closed" });
+      if (ws === this._ws) {
+        this._lost({ code: event.code, reason: event.reason || "connection closed", closeReason: event.reason });
+      }
     };
     ws.onerror = () => {
       // Browsers follow an error with a close event; Node 20's WebSocket doesn't when the connection
@@ -250,7 +257,7 @@ export class Tether {
     };
   }
 
-  _lost({ code, reason }) {
+  _lost({ code, reason, closeReason = "" }) {
     this._stopHeartbeat();
     const ws = this._ws;
     this._ws = null;
@@ -265,12 +272,12 @@ export class Tether {
     if (this.state === "closed") return;
     if (FATAL_CLOSE_CODES.includes(code)) {
       const why = code === 4401 ? "the login ended or the token is invalid: sign in again" : "access refused";
-      this._setState("closed", { code, reason: `${reason} (${why}); not reconnecting` });
+      this._setState("closed", { code, reason: `${reason} (${why}); not reconnecting`, closeReason });
       this._teardown(new TetherError("closed", reason));
       return;
     }
     const delay = backoff(this._attempt++, this.options.reconnect);
-    this._setState("reconnecting", { code, reason, retryIn: delay });
+    this._setState("reconnecting", { code, reason, closeReason, retryIn: delay });
     this._retry = setTimeout(() => {
       this._retry = null;
       this._connect();
