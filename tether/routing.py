@@ -27,6 +27,7 @@ from django.urls.exceptions import Resolver404
 from django.urls.resolvers import RegexPattern, ResolverMatch
 from django.utils.encoding import escape_uri_path
 
+from ._deadline import within
 from ._types import Receive, Scope, Send, User
 from .auth import (
     anonymous_user,
@@ -233,7 +234,7 @@ class WebSocketRouter:
             if handshake_timeout is None:
                 await socket.receive_connect()
             else:
-                await asyncio.wait_for(socket.receive_connect(), handshake_timeout)
+                await within(socket.receive_connect(), handshake_timeout)
         except Disconnected:
             return
         except InvalidState as exc:  # a server bug, but not one to crash on

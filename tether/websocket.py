@@ -35,6 +35,7 @@ from django.utils.datastructures import CaseInsensitiveMapping
 from django.utils.encoding import escape_uri_path
 from django.utils.functional import cached_property
 
+from ._deadline import within
 from ._types import Frame, Message, Receive, Scope, Send, User
 from .codes import CloseCode
 from .exceptions import Disconnected, InvalidMessage, InvalidState
@@ -445,9 +446,7 @@ class WebSocket:
         try:
             if handshake:
                 await self.receive_connect()
-            await asyncio.wait_for(
-                self._send({"type": "websocket.close", "code": int(code), "reason": reason}), timeout
-            )
+            await within(self._send({"type": "websocket.close", "code": int(code), "reason": reason}), timeout)
         except asyncio.TimeoutError:
             logger.warning(
                 "Gave up sending close %d to websocket %s after %gs: the client isn't reading; connection released",
