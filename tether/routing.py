@@ -314,13 +314,14 @@ class WebSocketRouter:
             untrack(socket)
             if socket.connection_state is not ConnectionState.CLOSED:
                 await socket.close()
-            connection_logger.info(
-                "websocket %s closed with %s after %.3fs (user %s)",
-                escape_uri_path(socket.path),
-                socket.close_code,
-                time.monotonic() - started,
-                user_id(socket),
-            )
+            if connection_logger.isEnabledFor(logging.INFO):  # the arguments cost more than the check
+                connection_logger.info(
+                    "websocket %s closed with %s after %.3fs (user %s)",
+                    escape_uri_path(socket.path),
+                    socket.close_code,
+                    time.monotonic() - started,
+                    user_id(socket),
+                )
 
     async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
         """Close every open socket of this process at once (shutdown); each close is bounded."""
