@@ -15,6 +15,7 @@ from django.test import AsyncClient, override_settings
 
 from tests.testapp.sockets import Editors, Members
 from tether import CloseCode, InvalidState, WebSocket
+from tether.auth import has_session_cookie
 from tether.routing import SERVICES
 from tether.testing import Rejected, connect
 
@@ -123,6 +124,36 @@ async def test_user_before_auser_raises_invalid_state() -> None:
     socket = WebSocket({"type": "websocket", "path": "/", "headers": []}, receive, send)
     with pytest.raises(InvalidState, match=r"await socket.auser\(\) first"):
         socket.user  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], False),
+        ([(b"cookie", b"")], False),
+        ([(b"cookie", b"theme=dark")], False),
+        ([(b"cookie", b"sessionid=")], False),
+        ([(b"cookie", b"sessionid=abc")], True),
+        ([(b"Cookie", b"theme=dark; sessionid=abc")], True),  # a server that keeps the name's case
+        # repeated: socket.headers joins them with ", ", so the cookies parse sees no sessionid (as before)
+        ([(b"cookie", b"theme=dark"), (b"cookie", b"sessionid=abc")], False),
+    ],
+)
+def test_has_session_cookie_answers_as_the_parsed_cookies_do(
+    headers: list[tuple[bytes, bytes]], expected: bool
+) -> None:
+    """has_session_cookie() reads the scope when there is no Cookie header (no socket.headers built):
+    the answer is the one the parsed cookies give, in every shape of header."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None: ...
+
+    socket = WebSocket({"type": "websocket", "path": "/", "headers": headers}, receive, send)
+    assert has_session_cookie(socket) is expected
+    assert ("headers" in socket.__dict__) is bool(headers)  # built only when there is a header to read
+    assert bool(socket.cookies.get(settings.SESSION_COOKIE_NAME)) is expected
 
 
 class _Counter:

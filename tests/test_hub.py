@@ -17,6 +17,7 @@ from tests.test_backends import pg_migrated  # noqa: F401 (a fixture)
 from tests.testapp.models import Message
 from tether import (
     CloseCode,
+    Disconnected,
     InvalidGroup,
     InvalidState,
     WebSocket,
@@ -336,6 +337,31 @@ async def test_join_on_closed_socket_raises() -> None:
     await socket.close()
     with pytest.raises(InvalidState, match="closed socket"):
         await socket.join(new_group())
+
+
+@pytest.mark.parametrize("ended_by", ["tether", "client"])
+async def test_join_after_tether_or_the_client_ended_the_socket_raises_disconnected(ended_by: str) -> None:
+    """A join that runs after tether closed the socket (terminate(), close_all() at shutdown, an overflow)
+    or the client left, e.g. started between the handler's receive() and that close, ends the handler
+    with Disconnected like its next receive or send would: no handler code for it (tests/test_fuzz.py)."""
+    events: list[dict[str, Any]] = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1001}]
+
+    async def receive() -> dict[str, Any]:
+        return events.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    socket = WebSocket({"type": "websocket", "path": "/x/"}, receive, send, services=SERVICES)
+    await socket.accept()
+    if ended_by == "tether":
+        await socket.terminate(CloseCode.TRY_AGAIN_LATER, "busy")
+    else:
+        with pytest.raises(Disconnected):
+            await socket.receive()
+    with pytest.raises(Disconnected) as info:
+        await socket.join(new_group())
+    assert info.value.code == (CloseCode.TRY_AGAIN_LATER if ended_by == "tether" else 1001)
 
 
 async def test_join_before_accept_delivers_after_accept() -> None:

@@ -80,6 +80,25 @@ def test_behind_a_proxy_the_own_origin_follows_djangos_proxy_settings() -> None:
         assert not origin_allowed("http://chat.example.com", handshake_origin(scope))
 
 
+def test_the_check_follows_each_settings_change() -> None:
+    """The settings the check reads are read once, then again after any of them changes (setting_changed):
+    a host or origin allowed a moment ago is refused once the setting no longer lists it, and back."""
+    scope = _scope("chat.example.com")
+    for hosts, own in ((["chat.example.com"], "http://chat.example.com"), (["other.example"], None)) * 2:
+        with override_settings(ALLOWED_HOSTS=hosts):
+            assert handshake_origin(scope) == handshake_origin(scope) == own
+    for trusted, allowed in ((["https://*.partner.example"], True), ([], False)) * 2:
+        with override_settings(CSRF_TRUSTED_ORIGINS=trusted):
+            assert origin_allowed("https://app.partner.example") is allowed
+        with override_settings(TETHER={"ALLOWED_ORIGINS": trusted}):
+            assert origin_allowed("https://app.partner.example") is allowed
+    with override_settings(ALLOWED_HOSTS=["*"]):
+        assert handshake_origin(scope) == "http://chat.example.com"
+        with override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https")):
+            assert handshake_origin(_scope("chat.example.com", x_forwarded_proto="https")) == "https://chat.example.com"
+        assert handshake_origin(_scope("chat.example.com", x_forwarded_proto="https")) == "http://chat.example.com"
+
+
 async def test_allowed_hosts_star_does_not_let_a_foreign_origin_in(transactional_db: None) -> None:
     """ALLOWED_HOSTS = ["*"]: evil.example with a valid session cookie is refused; the site's own origin
     and a CSRF_TRUSTED_ORIGINS entry connect."""

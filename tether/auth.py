@@ -53,7 +53,7 @@ from ._logins import get_user
 from ._types import User
 from .conf import get_setting
 from .exceptions import InvalidToken
-from .websocket import TOKEN_SUBPROTOCOL_PREFIX, WebSocket
+from .websocket import TOKEN_SUBPROTOCOL_PREFIX, WebSocket, scope_header
 
 if TYPE_CHECKING:
     from django.contrib.sessions.backends.base import SessionBase
@@ -111,7 +111,14 @@ def anonymous_user() -> User:
 
 
 def has_session_cookie(socket: WebSocket) -> bool:
-    """Whether the handshake carried a session cookie (no I/O): only then can there be a user."""
+    """Whether the handshake carried a session cookie (no I/O): only then can there be a user.
+
+    A handshake with no ``Cookie`` header at all (scripts, apps, every anonymous
+    socket without cookies) is answered from the scope, without building
+    ``socket.headers`` and ``socket.cookies`` (both kept for the connection's life).
+    """
+    if scope_header(socket.scope, b"cookie") is None:
+        return False
     return bool(socket.cookies.get(settings.SESSION_COOKIE_NAME))
 
 

@@ -27,6 +27,7 @@ from django.urls.exceptions import Resolver404
 from django.urls.resolvers import RegexPattern, ResolverMatch
 from django.utils.encoding import escape_uri_path
 
+from ._deadline import within
 from ._types import Receive, Scope, Send, User
 from .auth import (
     anonymous_user,
@@ -233,7 +234,7 @@ class WebSocketRouter:
             if handshake_timeout is None:
                 await socket.receive_connect()
             else:
-                await asyncio.wait_for(socket.receive_connect(), handshake_timeout)
+                await within(socket.receive_connect(), handshake_timeout)
         except Disconnected:
             return
         except InvalidState as exc:  # a server bug, but not one to crash on
@@ -313,13 +314,14 @@ class WebSocketRouter:
             untrack(socket)
             if socket.connection_state is not ConnectionState.CLOSED:
                 await socket.close()
-            connection_logger.info(
-                "websocket %s closed with %s after %.3fs (user %s)",
-                escape_uri_path(socket.path),
-                socket.close_code,
-                time.monotonic() - started,
-                user_id(socket),
-            )
+            if connection_logger.isEnabledFor(logging.INFO):  # the arguments cost more than the check
+                connection_logger.info(
+                    "websocket %s closed with %s after %.3fs (user %s)",
+                    escape_uri_path(socket.path),
+                    socket.close_code,
+                    time.monotonic() - started,
+                    user_id(socket),
+                )
 
     async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
         """Close every open socket of this process at once (shutdown); each close is bounded."""

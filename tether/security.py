@@ -15,10 +15,13 @@ on which one the application would see.
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
@@ -46,25 +49,95 @@ def trusted_origins() -> list[str]:
     ]
 
 
-def _is_secure(scope: Scope) -> bool:
+class _Rules:
+    """What the Origin check reads from the settings, read once (until a setting changes).
+
+    Django's CSRF middleware likewise reads ``CSRF_TRUSTED_ORIGINS`` once per
+    process; ``override_settings`` (tests) rebuilds this through ``setting_changed``.
+    """
+
+    __slots__ = ("allow_no_origin", "allowed_hosts", "check", "exact", "forwarded_host", "proxy_header", "wildcards")
+
+    def __init__(self) -> None:
+        self.check = bool(get_setting("CHECK_ORIGIN"))
+        self.allow_no_origin = bool(get_setting("ALLOW_NO_ORIGIN"))
+        self.allowed_hosts = _allowed_hosts()
+        self.forwarded_host = bool(getattr(settings, "USE_X_FORWARDED_HOST", False))
+        self.proxy_header: tuple[bytes, str] | None = None
+        proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+        if proxy_header:
+            name, secure_value = proxy_header
+            meta = name.lower().removeprefix("http_").replace("_", "-")
+            self.proxy_header = (meta.encode("latin-1"), secure_value)
+        trusted = trusted_origins()
+        self.exact = frozenset(entry for entry in trusted if "*" not in entry)
+        self.wildcards: list[tuple[str, str]] = []  # (scheme, ".example.com") of each https://*.example.com
+        for entry in trusted:
+            if "*" in entry:
+                parts = urlsplit(entry)
+                self.wildcards.append((parts.scheme, parts.netloc.lstrip("*")))
+
+
+_rules: _Rules | None = None
+_WATCHED = frozenset(
+    {
+        "TETHER",
+        "ALLOWED_HOSTS",
+        "DEBUG",
+        "CSRF_TRUSTED_ORIGINS",
+        "USE_X_FORWARDED_HOST",
+        "SECURE_PROXY_SSL_HEADER",
+    }
+)
+
+
+def _current_rules() -> _Rules:
+    global _rules
+    rules = _rules
+    if rules is None:
+        _own_origin.cache_clear()
+        rules = _rules = _Rules()
+    return rules
+
+
+def _forget_rules(*, setting: str, **kwargs: Any) -> None:
+    global _rules
+    if setting in _WATCHED:
+        _rules = None
+        _own_origin.cache_clear()
+
+
+setting_changed.connect(_forget_rules)
+
+
+def _is_secure(scope: Scope, rules: _Rules) -> bool:
     """Whether the handshake came over TLS: ``wss``, or ``SECURE_PROXY_SSL_HEADER`` says so, as in Django."""
     if scope.get("scheme") in ("wss", "https"):
         return True
-    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
-    if proxy_header:
-        name, secure_value = proxy_header
-        meta = name.lower().removeprefix("http_").replace("_", "-")
-        value = scope_header(scope, meta.encode("latin-1"))
+    if rules.proxy_header is not None:
+        meta, secure_value = rules.proxy_header
+        value = scope_header(scope, meta)
         return value is not None and value.split(",")[0].strip() == secure_value
     return False
+
+
+@functools.lru_cache(maxsize=256)
+def _own_origin(host: str, secure: bool) -> str | None:
+    """``http(s)://host`` if ``host``'s domain is in ``ALLOWED_HOSTS``, else None (cleared with the rules)."""
+    host = host.lower()
+    domain, _port = split_domain_port(host)
+    if not domain or not validate_host(domain, _current_rules().allowed_hosts):
+        return None
+    return f"{'https' if secure else 'http'}://{host}"
 
 
 def handshake_origin(scope: Scope) -> str | None:
     """The handshake's own origin, ``http(s)://host[:port]``, as Django's CSRF check computes it
     (``request.get_host()``: ``X-Forwarded-Host`` under ``USE_X_FORWARDED_HOST``, else ``Host``),
     or None when that host is not in ``ALLOWED_HOSTS``."""
+    rules = _current_rules()
     host = None
-    if getattr(settings, "USE_X_FORWARDED_HOST", False):
+    if rules.forwarded_host:
         forwarded = scope_header(scope, b"x-forwarded-host")
         host = forwarded.split(",")[0].strip() if forwarded else None
     if not host:
@@ -74,11 +147,7 @@ def handshake_origin(scope: Scope) -> str | None:
         if not server or not server[0]:
             return None
         host = f"{server[0]}:{server[1]}" if server[1] not in (80, 443, None) else str(server[0])
-    host = host.lower()
-    domain, _port = split_domain_port(host)
-    if not domain or not validate_host(domain, _allowed_hosts()):
-        return None
-    return f"{'https' if _is_secure(scope) else 'http'}://{host}"
+    return _own_origin(host, _is_secure(scope, rules))
 
 
 def origin_allowed(origin: str, own_origin: str | None = None) -> bool:
@@ -100,14 +169,10 @@ def origin_allowed(origin: str, own_origin: str | None = None) -> bool:
         return False
     if not parts.scheme or not parts.netloc:
         return False
-    for entry in trusted_origins():
-        if "*" in entry:
-            trusted = urlsplit(entry)
-            if trusted.scheme == parts.scheme and is_same_domain(parts.netloc, trusted.netloc.lstrip("*")):
-                return True
-        elif entry == origin:
-            return True
-    return False
+    rules = _current_rules()
+    if origin in rules.exact:
+        return True
+    return any(scheme == parts.scheme and is_same_domain(parts.netloc, domain) for scheme, domain in rules.wildcards)
 
 
 def _origin_headers(scope: Scope) -> list[str]:
@@ -116,8 +181,9 @@ def _origin_headers(scope: Scope) -> list[str]:
 
 
 def origin_refusal(socket: WebSocket) -> str | None:
-    """Why the handshake's Origin is refused, or None if it may connect (reads settings once)."""
-    if not get_setting("CHECK_ORIGIN"):
+    """Why the handshake's Origin is refused, or None if it may connect."""
+    rules = _current_rules()
+    if not rules.check:
         return None
     origins = _origin_headers(socket.scope)  # not socket.headers: that copy would live as long as the socket
     if len(origins) > 1 or (origins and "," in origins[0]):
@@ -126,7 +192,7 @@ def origin_refusal(socket: WebSocket) -> str | None:
         return f"more than one Origin header ({', '.join(map(repr, origins))}); a browser sends exactly one"
     origin = origins[0] if origins else None
     if origin is None:
-        return None if get_setting("ALLOW_NO_ORIGIN") else "no Origin header (TETHER['ALLOW_NO_ORIGIN'] is off)"
+        return None if rules.allow_no_origin else "no Origin header (TETHER['ALLOW_NO_ORIGIN'] is off)"
     own = handshake_origin(socket.scope)
     if origin_allowed(origin, own):
         return None

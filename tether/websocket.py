@@ -35,6 +35,7 @@ from django.utils.datastructures import CaseInsensitiveMapping
 from django.utils.encoding import escape_uri_path
 from django.utils.functional import cached_property
 
+from ._deadline import within
 from ._types import Frame, Message, Receive, Scope, Send, User
 from .codes import CloseCode
 from .exceptions import Disconnected, InvalidMessage, InvalidState
@@ -284,11 +285,17 @@ class WebSocket:
         still holds, in order and once, then the live ones with no gap between;
         ``result.recovered`` says whether nothing was lost, ``result.position``
         is where the socket now stands (keep it to rejoin with). Raises
-        ``InvalidGroup`` for a bad name, ``InvalidState`` on a closed socket,
+        ``InvalidGroup`` for a bad name, ``InvalidState`` after the handler's
+        own ``close()``, ``Disconnected`` once the client left or tether closed
+        the socket (as ``receive()`` and ``send_*()`` do),
         ``BackendUnavailable`` when a history group's stream can't be read.
         Membership ends by itself when the socket closes. Joining before
         ``accept()`` is allowed: messages wait for the handshake.
         """
+        if self._closer is not None and self._closer is not _Closer.HANDLER:
+            # Tether or the client ended it, perhaps between a receive() and this join (a handler can't
+            # tell): the handler ends as after any receive or send, with Disconnected.
+            raise Disconnected(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
         return await self._services.join(self, group, since)
 
     async def leave(self, group: str) -> None:
@@ -445,9 +452,7 @@ class WebSocket:
         try:
             if handshake:
                 await self.receive_connect()
-            await asyncio.wait_for(
-                self._send({"type": "websocket.close", "code": int(code), "reason": reason}), timeout
-            )
+            await within(self._send({"type": "websocket.close", "code": int(code), "reason": reason}), timeout)
         except asyncio.TimeoutError:
             logger.warning(
                 "Gave up sending close %d to websocket %s after %gs: the client isn't reading; connection released",
