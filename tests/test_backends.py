@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from tests.faultproxy import FaultProxy
 from tests.servers import free_port
-from tether import BackendUnavailable
+from tether import BackendUnavailable, broadcast
 from tether.backends.base import (
     Backend,
     Frame,
@@ -31,9 +32,11 @@ from tether.backends.base import (
     encode_payload,
 )
 from tether.backends.memory import MemoryBackend
-from tether.backends.postgres import PostgresBackend
+from tether.backends.postgres import PostgresBackend, channel_for, connection_params
 from tether.backends.redis import RedisBackend
+from tether.hub import stop_hub
 from tether.positions import Position, Retention
+from tether.testing import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -573,6 +576,155 @@ async def test_join_during_reconnect_is_made(faulty: Faulty) -> None:
     for group in groups:
         await publisher.publish(group, "hello")
     assert sorted(await inbox.take(len(groups))) == sorted((group, "hello") for group in groups)
+
+
+async def test_redis_join_inside_the_listeners_resubscribe_is_made(
+    redis_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscribe() made exactly while the listener's (re)connect sends its SUBSCRIBE (at startup and
+    after a cut) is made too: the listener had snapshotted the wanted groups and published its pubsub
+    after the await, so such a group stayed deaf until the next reconnect."""
+    from redis.asyncio.client import PubSub
+
+    async with FaultProxy(6379) as proxy:
+        inbox = Inbox()
+        backend = RedisBackend(
+            inbox, url=f"redis://127.0.0.1:{proxy.port}/0", prefix="tether-fault:", subscribe_timeout=2
+        )
+        publisher = RedisBackend(None, url="redis://127.0.0.1:6379/0", prefix="tether-fault:")
+        injected: list[str] = []
+        joins: list[asyncio.Task[None]] = []
+        handshakes: list[Any] = []  # the listener's pubsub objects: one per (re)connect
+        reconnected = asyncio.Event()
+        original = PubSub.subscribe
+
+        async def subscribe(pubsub: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await original(pubsub, *args, **kwargs)
+            if pubsub is not backend._pubsub and pubsub not in handshakes:  # a (re)connect's first SUBSCRIBE
+                handshakes.append(pubsub)
+                group = new_group()
+                injected.append(group)
+                joins.append(asyncio.create_task(backend.subscribe(group)))
+                channel = backend._channel(group)
+                while channel not in backend._wanted:  # noqa: ASYNC110 (the join runs up to its wait for Redis)
+                    await asyncio.sleep(0)
+                if len(handshakes) == 2:
+                    reconnected.set()
+            return result
+
+        monkeypatch.setattr(PubSub, "subscribe", subscribe)
+        try:
+            await backend.start()
+            await publisher.start()
+            steady = new_group()
+
+            async def delivered(groups: list[str]) -> None:
+                for group in groups:
+                    await publisher.publish(group, f"to {group}")
+                await publisher.publish(steady, "sentinel")  # published last: what was made arrived before it
+                received = []
+                while (item := (await inbox.take(1))[0]) != (steady, "sentinel"):
+                    received.append(item)
+                assert sorted(received) == sorted((group, f"to {group}") for group in groups)
+
+            await backend.subscribe(steady)  # starts the listener: its first handshake injects a join
+            await asyncio.gather(*joins)  # the old listener never made it: BackendUnavailable after 2 s
+            assert len(injected) == 1
+            await delivered(injected)
+            await proxy.cut()  # the listener reconnects: its handshake injects another join
+            await asyncio.wait_for(reconnected.wait(), 5)
+            await asyncio.gather(*joins)
+            assert len(injected) == 2
+            await delivered(injected)
+        finally:
+            for joined in joins:
+                joined.cancel()
+            await backend.stop()
+            await publisher.stop()
+
+
+async def test_join_while_the_broker_is_unreachable_is_kept_and_delivered_once_it_is_back(
+    faulty: Faulty, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A socket joins while the broker refuses connections: the join is kept with a warning (on Python 3.10
+    too, where wait_for's asyncio.TimeoutError is not TimeoutError and crashed the handler), and once the
+    broker answers again a broadcast reaches the socket."""
+    if faulty.kind == "redis":
+        options: dict[str, Any] = {"url": f"redis://127.0.0.1:{faulty.proxy.port}/0", "prefix": "tether-fault:"}
+        settings.TETHER = {"BACKEND": "tether.backends.redis.RedisBackend", "OPTIONS": options}
+    else:
+        options = {"database": faulty.alias}
+        settings.TETHER = {"BACKEND": "tether.backends.postgres.PostgresBackend", "OPTIONS": options}
+    options.update(timeout=1, subscribe_timeout=0.3)
+    group = new_group()
+    faulty.proxy.refuse()
+    try:
+        async with connect(f"/ws/group/{group}/") as ws:
+            assert await ws.receive_json() == {"joined": group}
+            assert f"Group {group} joined while the broker is unreachable" in caplog.text
+            assert "it is kept" in caplog.text
+            await faulty.proxy.restore()
+            await broadcast(group, "back")  # through the same backend: it reconnects its listener first
+            assert await ws.receive_text() == "back"
+    finally:
+        await stop_hub()
+
+
+async def test_postgres_a_blocked_payload_fetch_does_not_hold_up_publishing(postgres: None, pg_migrated: None) -> None:
+    """A payload over 8,000 bytes is fetched on a connection of its own: while that fetch is blocked
+    (its table locked), publishing to another group completes at once, and the payload arrives after."""
+    schema = f"tether_fault_{uuid.uuid4().hex[:12]}"  # a private copy of the table: the shared one is never locked
+    alias = f"pg_{schema}"
+    base = connections.settings["pg"]
+    connections.settings[alias] = {
+        **base,
+        "OPTIONS": {**base.get("OPTIONS", {}), "options": f"-c search_path={schema}"},
+    }
+    admin = await psycopg.AsyncConnection.connect(**connection_params("pg"), autocommit=True)
+    locker = await psycopg.AsyncConnection.connect(**connection_params("pg"))
+    inbox = Inbox()
+    backend = PostgresBackend(inbox, database=alias)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        await admin.execute(f"CREATE TABLE {schema}.tether_payload (LIKE public.tether_payload INCLUDING ALL)")
+        await backend.start()
+        big, other = new_group(), new_group()
+        await backend.subscribe(big)
+        await backend.publish(other, "warm")  # the publishing connection is open
+        big_frame = "x" * 9000
+        cursor = await admin.execute(
+            f"INSERT INTO {schema}.tether_payload (channel, data) VALUES (%s, %s) RETURNING id",
+            (channel_for(big), encode_payload(big_frame)),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        await locker.execute(f"LOCK TABLE {schema}.tether_payload IN ACCESS EXCLUSIVE MODE")  # until commit
+        await admin.execute("SELECT pg_notify(%s, %s)", (channel_for(big), f"r{row[0]}"))
+
+        async def fetch_waits() -> bool:
+            cursor = await admin.execute(
+                "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted",
+                (f"{schema}.tether_payload",),
+            )
+            found = await cursor.fetchone()
+            return bool(found and found[0])
+
+        deadline = time.monotonic() + 10
+        while not await fetch_waits():  # the listener's fetch is now blocked on the lock, inside the backend
+            assert time.monotonic() < deadline, "the listener never fetched the payload"
+            await asyncio.sleep(0.005)
+        began = time.monotonic()
+        await asyncio.wait_for(backend.publish(other, "not held up"), 1)
+        assert time.monotonic() - began < 0.5
+        await locker.commit()
+        assert await inbox.take(1) == [(big, big_frame)]
+    finally:
+        await locker.rollback()
+        await backend.stop()
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+        await locker.close()
+        connections.settings.pop(alias, None)
 
 
 async def test_blackholed_broker_publish_raises_within_the_timeout(faulty: Faulty) -> None:
