@@ -22,6 +22,10 @@ SCENARIO_INFO: dict[str, dict[str, Any]] = {
              "extra": [("p50_ms", "p50 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}")]},
     "fanout": {"title": "Fan-out in one process", "size": "subscribers", "unit": "deliveries/s", "higher": True,
                "extra": [("messages", "messages", "{:.0f}"), ("last_ms", "last delivery ms", "{:.0f}")]},
+    "pfanout": {"title": "Protocol fan-out (tether.v1) against plain fan-out", "size": "subscribers",
+                "unit": "deliveries/s", "higher": True,
+                "extra": [("messages", "messages", "{:.0f}"), ("plain_rate", "plain deliveries/s", "{:,.0f}"),
+                          ("x_plain", "x plain", "{:.2f}"), ("x_plain_cpu", "x plain per CPU-s", "{:.2f}")]},
     "cross": {"title": "Fan-out across processes", "size": "subscribers", "unit": "deliveries/s", "higher": True,
               "extra": [("messages", "messages", "{:.0f}"), ("last_ms", "last delivery ms", "{:.0f}")]},
     "idle": {"title": "Idle connections", "size": "connections", "unit": "KiB per connection", "higher": False,
@@ -277,6 +281,13 @@ _DESCRIPTIONS = {
     "fanout": "N subscribers in one group; one more connection publishes M messages back to back, and the "
     "server sends each to every subscriber. Figure: deliveries per second, from the first publish to the "
     "moment the last subscriber has the last message (*last delivery*).",
+    "pfanout": "The fan-out above with protocol subscribers: each offers the subprotocol `tether.v1` to a "
+    "`RealtimeView` route and subscribes with one command (`can_subscribe` allows the group); the same "
+    "publisher broadcasts to the group, and each subscriber gets every message as a `message` push. In the "
+    "same server process, back to back, the plain fan-out of tether's `SocketView` (`join` in `connect`) is "
+    "measured with the same sizes: *x plain* is protocol over plain deliveries/s (median of the per-run "
+    "ratios), *x plain per CPU-s* the same per server CPU-second. Only tether apps; no raw or Channels "
+    "equivalent, so their columns are empty.",
     "cross": "Two server processes (both on the server core), subscribers split between them; a third "
     "process publishes M messages through the broker: Redis for raw (its own PUBLISH/SUBSCRIBE), "
     "channels-redis (`RedisChannelLayer` and `RedisPubSubChannelLayer`) for Channels, tether's Redis and "

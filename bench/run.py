@@ -55,7 +55,8 @@ CROSS: dict[str, tuple[str, str]] = {
     "tether+redis+history": ("tether", "redis+history"),  # the group keeps a history (docs/delivery.md)
     "tether+postgres+history": ("tether", "postgres+history"),
 }
-SCENARIOS = ("echo", "fanout", "cross", "idle", "hello", "handshake")
+SCENARIOS = ("echo", "fanout", "pfanout", "cross", "idle", "hello", "handshake")
+PROTOCOL_APPS = ("tether", "tether-sansio")  # pfanout: tether.v1 subscribers against plain ones
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Plan:
     echo_seconds: float
     warmup: float
     fanout: list[tuple[int, int]]  # (subscribers, messages)
+    pfanout: list[tuple[int, int]]  # protocol against plain fan-out, same server
     cross: list[tuple[int, int]]
     idle: list[int]
     handshake_conns: int
@@ -74,10 +76,10 @@ class Plan:
 
 
 PLANS = {
-    "full": Plan(3, [1, 50, 500], 5, 1, [(100, 200), (1000, 100), (5000, 20)], [(1000, 20)],
+    "full": Plan(3, [1, 50, 500], 5, 1, [(100, 200), (1000, 100), (5000, 20)], [(1000, 100)], [(1000, 20)],
                  [1000, 5000, 10000], 20, 5),
-    "quick": Plan(1, [50], 2, 0.5, [(100, 50)], [(100, 20)], [1000], 10, 2),
-    "tiny": Plan(1, [5], 0.5, 0.2, [(20, 5)], [(20, 5)], [50], 4, 0.5),
+    "quick": Plan(1, [50], 2, 0.5, [(100, 50)], [(100, 50)], [(100, 20)], [1000], 10, 2),
+    "tiny": Plan(1, [5], 0.5, 0.2, [(20, 5)], [(20, 5)], [(20, 5)], [50], 4, 0.5),
 }  # fmt: skip
 
 
@@ -283,6 +285,32 @@ def run_fanout(app: str, plan: Plan) -> list[dict[str, Any]]:
         for subs, messages in plan.fanout:
             r = client("fanout", [server], {"url": server.url("/ws/sub/"), "pub-url": server.url("/ws/pub/"),
                                             "subs": subs, "messages": messages, "timeout": 120})  # fmt: skip
+            rows.append({"size": subs, **r})
+    return rows
+
+
+def run_pfanout(app: str, plan: Plan, run: int) -> list[dict[str, Any]]:
+    """Protocol fan-out against plain fan-out: both measured back to back in the same server process.
+
+    The plain subscribers join the group in ``connect`` (``/ws/sub/``); the protocol ones offer
+    ``tether.v1`` to a ``RealtimeView`` (``/ws/rt/``) and send one ``subscribe``; the same publisher
+    broadcasts to the group. Each row is the protocol measurement with the plain one beside it
+    (``plain_*``) and their ratios; the order alternates with the run, so neither always goes first.
+    """
+    rows = []
+    with serve(app, scenario="pfanout") as server:
+        warm(server)
+        for subs, messages in plan.pfanout:
+            common = {"pub-url": server.url("/ws/pub/"), "subs": subs, "messages": messages, "timeout": 120}
+            order = [False, True] if run % 2 == 0 else [True, False]
+            got = {p: client("fanout", [server], {"url": server.url("/ws/rt/" if p else "/ws/sub/"), **common,
+                                                  **({"protocol": True} if p else {})}) for p in order}  # fmt: skip
+            r, plain = got[True], got[False]
+            r.update({f"plain_{k}": plain.get(k) for k in ("rate", "server_cpu", "client_cpu", "complete")})
+            r["x_plain"] = r["rate"] / plain["rate"] if r["rate"] and plain["rate"] else None
+            if r["x_plain"] and r.get("server_cpu") and plain.get("server_cpu"):
+                r["x_plain_cpu"] = (r["rate"] / r["server_cpu"]) / (plain["rate"] / plain["server_cpu"])
+            r["complete"] = r["complete"] and plain["complete"]
             rows.append({"size": subs, **r})
     return rows
 
@@ -538,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in range(plan.runs):
         for scenario in scenarios:
             names = cross if scenario == "cross" else apps
+            if scenario == "pfanout":
+                names = [a for a in apps if a in PROTOCOL_APPS]
             for name in names:
                 label = f"run {run + 1}/{plan.runs} {scenario:9} {name:15}"
                 t = time.monotonic()
@@ -546,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                         rows = run_echo(name, plan)
                     elif scenario == "fanout":
                         rows = run_fanout(name, plan)
+                    elif scenario == "pfanout":
+                        rows = run_pfanout(name, plan, run)
                     elif scenario == "cross":
                         rows = run_cross(name, plan)
                     elif scenario == "idle":

@@ -1,6 +1,7 @@
 """The same behaviour written the way tether's docs recommend (this module is the URLconf).
 
 The echo is the README's function handler; fan-out uses ``SocketView.join``/``broadcast``; the
+protocol fan-out's subscribers speak ``tether.v1`` to a ``RealtimeView`` (docs/protocol.md); the
 greeting is guarded by ``@login_required`` and reads ``self.user`` (Django's session cookie). The
 Origin check, the message size limit and the rest of tether's defaults stay on.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from tether import SocketView, WebSocket, login_required
+from tether.realtime import RealtimeView
 from tether.urls import websocket
 
 
@@ -36,6 +38,13 @@ class Pub(SocketView):
         await self.broadcast(settings.GROUP, text)
 
 
+class Realtime(RealtimeView):
+    """The protocol endpoint: anyone may subscribe to the bench group (one command per subscriber)."""
+
+    def can_subscribe(self, user: object, group: str) -> bool:
+        return group == settings.GROUP
+
+
 @login_required
 class Greet(SocketView):
     async def connect(self) -> None:
@@ -48,5 +57,6 @@ urlpatterns = [
     websocket("ws/hello/", hello, name="hello"),
     websocket("ws/sub/", Sub.as_handler(), name="sub"),
     websocket("ws/pub/", Pub.as_handler(), name="pub"),
+    websocket("ws/rt/", Realtime.as_handler(), name="realtime"),
     websocket("ws/auth/", Greet.as_handler(), name="auth"),
 ]

@@ -2,7 +2,7 @@
 // Load generator for django-tether's benchmark suite, run by bench/run.py (one scenario per process).
 //
 //   node load.js echo      --url U --conns N --duration S [--warmup S] [--size B]
-//   node load.js fanout    --url U --subs N --messages M [--pub-url P | --external] [--timeout S]
+//   node load.js fanout    --url U --subs N --messages M [--pub-url P | --external] [--timeout S] [--protocol]
 //   node load.js idle      --url U --conns N [--parallel K] [--timeout S]
 //   node load.js handshake --url U --conns N --duration S [--cookie C] [--warmup S]
 //
@@ -11,6 +11,8 @@
 //   START / STOP          the measured window opens / closes (it samples the server's CPU there)
 //   READY                 fan-out: every subscriber is subscribed; idle: every socket is open
 //   RESULT {json}         the numbers, last line
+// fanout --protocol: the subscribers speak tether.v1 (docs/protocol.md): they offer the subprotocol, send one
+// `subscribe` command, and are ready on its reply; each `message` push is one delivery.
 // In idle mode the process holds its sockets open until it reads a line on stdin (or --timeout).
 "use strict";
 
@@ -54,9 +56,9 @@ function cpuSeconds(start) {
 }
 
 // `setup(ws)` runs before the handshake, so a listener it adds sees a message sent right after accept.
-function open(url, headers, setup) {
+function open(url, headers, setup, protocols = []) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { origin: originOf(url), headers, perMessageDeflate: false });
+    const ws = new WebSocket(url, protocols, { origin: originOf(url), headers, perMessageDeflate: false });
     if (setup) setup(ws);
     ws.once("open", () => resolve(ws));
     ws.once("error", reject);
@@ -65,7 +67,7 @@ function open(url, headers, setup) {
 }
 
 // Open n sockets, at most `parallel` handshakes in flight; `setup(ws)` runs on each before its handshake.
-async function openMany(url, n, parallel, headers, setup) {
+async function openMany(url, n, parallel, headers, setup, protocols = []) {
   const sockets = new Array(n);
   let next = 0;
   let failures = 0;
@@ -74,7 +76,7 @@ async function openMany(url, n, parallel, headers, setup) {
     while (next < n) {
       const i = next++;
       try {
-        sockets[i] = await open(url, headers, setup);
+        sockets[i] = await open(url, headers, setup, protocols);
       } catch (err) {
         failures++;
         firstError = firstError || String(err && err.message ? err.message : err);
@@ -146,6 +148,9 @@ async function fanout(a) {
   const messages = Number(a.messages || 10);
   const timeout = Number(a.timeout || 60) * 1000;
   const urls = String(a.url).split(",");
+  const protocol = Boolean(a.protocol);
+  const group = String(a.group || "bench");
+  let badPush = null; // protocol: the first push of each subscriber is checked to be a `message` of the group
   let ready = 0;
   let readyResolve;
   const allReady = new Promise((r) => (readyResolve = r));
@@ -167,13 +172,27 @@ async function fanout(a) {
     urls.map((url, u) =>
       openMany(url, perUrl[u], Number(a.parallel || 100), {}, (ws) => {
         const i = index++;
+        if (protocol) {
+          ws.once("open", () => {
+            if (ws.protocol !== "tether.v1") badPush = badPush || `subprotocol ${JSON.stringify(ws.protocol)}`;
+            ws.send(JSON.stringify({ id: 1, type: "subscribe", group }));
+          });
+        }
         ws.on("message", (data) => {
           if (!isReady[i]) {
-            if (String(data) !== "ready") return; // only "ready" counts before the first broadcast
+            if (protocol) {
+              const reply = JSON.parse(String(data));
+              if (reply.id !== 1) return; // only the subscribe reply counts before the first broadcast
+              if (!reply.result) throw new Error(`subscribe refused: ${String(data)}`);
+            } else if (String(data) !== "ready") return; // only "ready" counts before the first broadcast
             isReady[i] = 1;
             ready++;
             if (ready === subs) readyResolve();
             return;
+          }
+          if (protocol && received[i] === 0) {
+            const push = JSON.parse(String(data));
+            if (push.type !== "message" || push.group !== group) badPush = badPush || String(data).slice(0, 200);
           }
           delivered++;
           if (firstAt === 0) firstAt = now();
@@ -182,7 +201,7 @@ async function fanout(a) {
             if (++finished === subs) doneResolve();
           }
         });
-      })
+      }, protocol ? ["tether.v1"] : [])
     )
   );
   for (const g of groups) {
@@ -214,9 +233,11 @@ async function fanout(a) {
   if (timedOut) last = tEnd;
   // External publishers start after READY: time from the first delivery there, from the first send here.
   const start = pub ? t0 : firstAt;
+  if (badPush) throw new Error(`not a message push of ${group}: ${badPush}`);
   const elapsed = (last - start) / 1000;
   finish({
     mode: "fanout",
+    protocol,
     subs,
     messages,
     delivered,
