@@ -77,11 +77,17 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def backend_env(backend: str, redis_url: str | None = None, pg_port: int | None = None) -> dict[str, str]:
-    """Environment for a process using ``backend``, optionally at another Redis URL or PostgreSQL port."""
+def backend_env(
+    backend: str, redis_url: str | None = None, pg_port: int | None = None, groups: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Environment for a process using ``backend``, optionally at another Redis URL or PostgreSQL port,
+    with ``groups`` as TETHER["GROUPS"]."""
     env = {"DJANGO_SETTINGS_MODULE": SETTINGS[backend]}
+    tether: dict[str, Any] = {"GROUPS": groups} if groups else {}
     if redis_url is not None:
-        env["TETHER_TEST_SETTINGS"] = json.dumps({"OPTIONS": {"url": redis_url, "prefix": "tether-test:"}})
+        tether["OPTIONS"] = {"url": redis_url, "prefix": "tether-test:"}
+    if tether:
+        env["TETHER_TEST_SETTINGS"] = json.dumps(tether)
     if pg_port is not None:
         env["TETHER_TEST_PG_PORT"] = str(pg_port)
     return env
@@ -265,11 +271,13 @@ print(json.dumps(sent))
 """
 
 
+@pytest.mark.parametrize("history", [False, True], ids=["live", "history"])
 @pytest.mark.parametrize("kind", ["redis", "postgres"])
-async def test_broker_cut_for_3_seconds_under_100_messages_per_second(kind: str) -> None:
+async def test_broker_cut_for_3_seconds_under_100_messages_per_second(kind: str, history: bool) -> None:
     """The proxy cuts the broker for 3 s while a third process publishes 100 messages/s to sockets on two
     servers: every message not sent is counted and logged by the publisher, the sockets stay connected, and
-    every message published from 0.5 s after the broker answers again reaches every socket."""
+    every message published from 0.5 s after the broker answers again reaches every socket. In a group
+    with history, every message the broker took reaches every socket: the hubs backfill after reconnecting."""
     require_service(kind, "127.0.0.1", 6379 if kind == "redis" else 5432)
     if kind == "postgres":
         migrate_pg()
@@ -278,6 +286,8 @@ async def test_broker_cut_for_3_seconds_under_100_messages_per_second(kind: str)
         where: dict[str, Any] = (
             {"redis_url": f"redis://127.0.0.1:{proxy.port}/0"} if kind == "redis" else {"pg_port": proxy.port}
         )
+        if history:
+            where["groups"] = {"cut.*": {"history": 1000}}
         with servers(kind, 2, **where) as (one, two):
             async with members([one.url, two.url], group) as clients:
                 env = {**os.environ, "PYTHONPATH": str(ROOT), **backend_env(kind, **where)}
@@ -314,9 +324,11 @@ async def test_broker_cut_for_3_seconds_under_100_messages_per_second(kind: str)
         lost = {n for n, ok, _ in sent if ok} - set(into)
         assert not [n for n, t in after if n in lost and t > restored_at + 0.5]
         assert not [n for n, ok, t in sent if ok and t < cut_at and n in lost and n < min(into[-1:] or [0])]
+        if history:
+            assert not lost, f"{len(lost)} accepted messages lost in a history group: {sorted(lost)[:20]}"
         resumed = min(t for n, t in after if n in into) - restored_at
         print(
-            f"\n{kind}: {len(failed)} refused while cut (counted, logged); {len([n for n, _ in after if n in lost])} "
+            f"\n{kind} ({'history' if history else 'live'}): {len(failed)} refused while cut (counted, logged); {len([n for n, _ in after if n in lost])} "
             f"published after the broker answered lost; delivery resumed {resumed:.3f}s after the restore"
         )
     assert "reconnected after" in logs
