@@ -1,4 +1,5 @@
-"""``manage.py serve`` as a real server process for the tests, and a process's memory."""
+"""``manage.py serve`` as a real server process for the tests, a process's memory, and the broker
+fixture of the real-server tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.servers import ROOT, Server, free_port, wait_for_port
+from tests.test_backends import migrate_pg
+
+
+@pytest.fixture(params=["redis", "postgres"], name="backend")
+def broker_backend(request: pytest.FixtureRequest) -> str:
+    """Runs a real-server test on each broker: the real Redis, and the real PostgreSQL (migrated)."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_server")
+    else:
+        request.getfixturevalue("postgres")
+        migrate_pg()
+    return str(request.param)
 
 
 @contextlib.contextmanager

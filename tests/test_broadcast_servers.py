@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect as ws_connect
 from tests.conftest import reachable, require_program, require_service
 from tests.faultproxy import FaultProxy
 from tests.servers import ROOT, Server, free_port, serve, wait_for_port
+from tests.serving import broker_backend  # noqa: F401 (the backend fixture)
 from tests.test_backends import migrate_pg
 
 SETTINGS = {"redis": "tests.settings_redis", "postgres": "tests.settings_postgres"}
@@ -65,16 +66,6 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield redis
     finally:
         redis.kill()
-
-
-@pytest.fixture(params=["redis", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        request.getfixturevalue("redis_server")
-    else:
-        request.getfixturevalue("postgres")
-        migrate_pg()
-    return str(request.param)
 
 
 def backend_env(

@@ -37,7 +37,7 @@ async def test_times_out_after_the_awaitable_cleaned_up() -> None:
 
     async def slow() -> None:
         try:
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # noqa: sleep-ok the slow awaitable the deadline cuts short
         finally:
             cleaned.append(True)
 
@@ -50,7 +50,7 @@ async def test_times_out_after_the_awaitable_cleaned_up() -> None:
     assert task is not None
     if sys.version_info >= (3, 11):
         assert task.cancelling() == 0  # the deadline's cancellation was taken back
-    await asyncio.sleep(0)  # and the task is not cancelled later
+    await asyncio.sleep(0)  # noqa: sleep-ok one loop turn: a stray cancellation would land here
 
 
 async def test_a_cancellation_from_elsewhere_is_not_a_timeout() -> None:
@@ -58,7 +58,7 @@ async def test_a_cancellation_from_elsewhere_is_not_a_timeout() -> None:
 
     async def waiter() -> None:
         started.set()
-        await within(asyncio.sleep(10), 5)
+        await within(asyncio.sleep(10), 5)  # noqa: sleep-ok the awaitable being bounded, never awaited out
 
     task = asyncio.create_task(waiter())
     await started.wait()
@@ -76,7 +76,7 @@ async def test_a_cancellation_from_elsewhere_racing_the_deadline_still_cancels()
         me = asyncio.current_task()
         assert me is not None
         loop.call_later(0.01, me.cancel)  # from elsewhere, at the same moment as the deadline
-        await within(asyncio.sleep(10), 0.01)
+        await within(asyncio.sleep(10), 0.01)  # noqa: sleep-ok the awaitable being bounded, never awaited out
 
     task = asyncio.create_task(racer())
     with pytest.raises(asyncio.CancelledError):
@@ -89,7 +89,7 @@ async def test_an_awaitable_that_swallows_the_deadline_returns_and_the_task_is_n
 
     async def stubborn() -> str:
         try:
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # noqa: sleep-ok the slow awaitable the deadline cuts short
         except asyncio.CancelledError:
             return "closed anyway"
         return "never"
@@ -98,4 +98,4 @@ async def test_an_awaitable_that_swallows_the_deadline_returns_and_the_task_is_n
     task = asyncio.current_task()
     assert task is not None
     assert task.cancelling() == 0
-    await asyncio.sleep(0.01)  # no cancellation pending
+    await asyncio.sleep(0)  # noqa: sleep-ok one loop turn: a pending cancellation would land here

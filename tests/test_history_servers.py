@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from tests.servers import ROOT, Server, free_port, serve, wait_for_port
+from tests.serving import broker_backend  # noqa: F401 (the backend fixture)
 from tests.test_backends import migrate_pg
 
 GROUPS = {"hist.*": {"history": 5000, "history_ttl": 600}}
@@ -30,16 +31,6 @@ def tether_settings(backend: str, redis_url: str = "redis://127.0.0.1:6379/0") -
         options: dict[str, Any] = {"url": redis_url, "prefix": "tether-history-servers:"}
         return {"BACKEND": "tether.backends.redis.RedisBackend", "OPTIONS": options, "GROUPS": GROUPS}
     return {"BACKEND": "tether.backends.postgres.PostgresBackend", "OPTIONS": {"database": "pg"}, "GROUPS": GROUPS}
-
-
-@pytest.fixture(params=["redis", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        request.getfixturevalue("redis_server")
-    else:
-        request.getfixturevalue("postgres")
-        migrate_pg()
-    return str(request.param)
 
 
 @contextlib.contextmanager
@@ -90,7 +81,7 @@ async def task(t):
     for n in range(count):
         offsets.append((await broadcast(group, {"t": t, "n": n})).offset)
         if pace and n % 10 == 9:
-            await asyncio.sleep(pace)  # spread the stream over time, so faults land in the middle of it
+            await asyncio.sleep(pace)  # noqa: sleep-ok pacing: spread the stream over time, so faults land in the middle of it
     return offsets
 
 async def main():
@@ -216,7 +207,7 @@ async def test_client_away_for_two_seconds_rejoins_with_its_last_position(backen
             publisher = await start_python(settings, "-c", PUBLISHER, group, "1", "300", "0.01")
             seen = await receive(ws, 50)
         last = seen[-1]
-        await asyncio.sleep(2)  # the scenario: two seconds offline (a phone changing networks), not a wait for state
+        await asyncio.sleep(2)  # noqa: sleep-ok the scenario: two seconds offline (a phone changing networks)
         await finished(publisher)
         url = f"{two.url}/ws/history/{group}/?offset={last['offset']}&epoch={last['epoch']}"
         async with ws_connect(url, max_queue=None) as again:

@@ -12,12 +12,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from tests.servers import Server, serve
-from tests.test_backends import migrate_pg
+from tests.serving import broker_backend  # noqa: F401 (the backend fixture)
 
 TTL = 1.5  # PRESENCE_TTL of the servers: a killed one's members leave within 4/3 x TTL = 2 s
 GROUPS = {"room.*": {"presence": True}}
@@ -29,16 +28,6 @@ def tether_settings(backend: str) -> dict[str, Any]:
         options: dict[str, Any] = {"url": "redis://127.0.0.1:6379/0", "prefix": "tether-presence-servers:"}
         return {"BACKEND": "tether.backends.redis.RedisBackend", "OPTIONS": options, **common}
     return {"BACKEND": "tether.backends.postgres.PostgresBackend", "OPTIONS": {"database": "pg"}, **common}
-
-
-@pytest.fixture(params=["redis", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        request.getfixturevalue("redis_server")
-    else:
-        request.getfixturevalue("postgres")
-        migrate_pg()
-    return str(request.param)
 
 
 @contextlib.contextmanager
